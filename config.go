@@ -1,0 +1,528 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything zenspa reads from its environment. It is built once by
+// loadConfig and never changed afterwards.
+type config struct {
+	AppName     string
+	AppVersion  string
+	Debug       bool
+	Environment string
+	Host        string
+	Port        int
+	CORSOrigins []string
+
+	DatabaseURL       string
+	DBPoolSize        int
+	DBMaxOverflow     int
+	DBPoolTimeout     time.Duration
+	DBEcho            bool
+	DBConnectAttempts int
+	DBConnectBackoff  time.Duration
+	DBConnectTimeout  time.Duration
+
+	RedisHost             string
+	RedisPort             int
+	RedisDB               int
+	RedisPassword         string
+	RedisPoolSize         int
+	RedisDecodeResponses  bool // accepted for compatibility; has no effect
+	HealthCheckTimeout    time.Duration
+	HealthCacheTTL        time.Duration
+	ShutdownDrainDelay    time.Duration
+	ShutdownTimeout       time.Duration
+	LogLevel              slog.Level
+	MigrateOnStart        bool
+	MigrateLockTimeout    time.Duration
+	configFileDescription string // which .env file was read, for the startup log
+}
+
+// defaultEnvFile is read when ENV_FILE is not set; it may be missing.
+const defaultEnvFile = ".env"
+
+// loadConfig builds the config from the process environment (lookupEnv) and
+// the .env file, the environment winning even when a variable is set to the
+// empty string. It reports every problem at once, one line each, and never
+// puts a secret into an error message.
+func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
+	fileVars, source, err := readEnvFile(lookupEnv)
+	if err != nil {
+		return config{}, err
+	}
+	get := func(key string) string {
+		if v, ok := lookupEnv(key); ok {
+			return strings.TrimSpace(v)
+		}
+		return strings.TrimSpace(fileVars[key])
+	}
+
+	p := parser{get: get}
+	cfg := config{
+		AppName:     p.str("APP_NAME", "ZenSpa Backend"),
+		AppVersion:  p.str("APP_VERSION", buildVersion),
+		Debug:       p.boolean("DEBUG", false),
+		Environment: p.oneOf("ENVIRONMENT", "development", "development", "staging", "production"),
+		Host:        p.str("HOST", "0.0.0.0"),
+		Port:        p.integer("PORT", 8000, 1, 65535),
+		CORSOrigins: p.origins("CORS_ORIGINS", "http://localhost:3000"),
+
+		DatabaseURL:       p.databaseURL("DATABASE_URL"),
+		DBPoolSize:        p.integer("DB_POOL_SIZE", 10, 1, 10000),
+		DBMaxOverflow:     p.integer("DB_MAX_OVERFLOW", 10, 0, 10000),
+		DBPoolTimeout:     p.duration("DB_POOL_TIMEOUT", 30*time.Second, false),
+		DBEcho:            p.boolean("DB_ECHO", false),
+		DBConnectAttempts: p.integer("DB_CONNECT_ATTEMPTS", 3, 1, 1000),
+		DBConnectBackoff:  p.duration("DB_CONNECT_BACKOFF", 2*time.Second, false),
+		DBConnectTimeout:  p.duration("DB_CONNECT_TIMEOUT", 5*time.Second, false),
+
+		RedisHost:            p.str("REDIS_HOST", "localhost"),
+		RedisPort:            p.integer("REDIS_PORT", 6379, 1, 65535),
+		RedisDB:              p.integer("REDIS_DB", 0, 0, 1<<20),
+		RedisPassword:        get("REDIS_PASSWORD"),
+		RedisPoolSize:        p.integer("REDIS_POOL_SIZE", 10, 1, 10000),
+		RedisDecodeResponses: p.boolean("REDIS_DECODE_RESPONSES", true),
+		HealthCheckTimeout:   p.duration("HEALTH_CHECK_TIMEOUT", 2*time.Second, false),
+		HealthCacheTTL:       p.duration("HEALTH_CACHE_TTL", time.Second, true),
+		ShutdownDrainDelay:   p.duration("SHUTDOWN_DRAIN_DELAY", 0, true),
+		ShutdownTimeout:      p.duration("SHUTDOWN_TIMEOUT", 15*time.Second, false),
+		LogLevel:             p.logLevel("LOG_LEVEL", slog.LevelInfo),
+		MigrateOnStart:       p.boolean("MIGRATE_ON_START", false),
+		MigrateLockTimeout:   p.duration("MIGRATE_LOCK_TIMEOUT", 60*time.Second, false),
+
+		configFileDescription: source,
+	}
+	if len(p.problems) > 0 {
+		return config{}, &configError{problems: p.problems}
+	}
+	return cfg, nil
+}
+
+// configError lists every problem found in the configuration, one per line.
+type configError struct {
+	problems []string
+}
+
+func (e *configError) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.problems, "\n  ")
+}
+
+// readEnvFile reads ENV_FILE, or .env when ENV_FILE is not set. A missing
+// default file is fine; a missing named file is not. It returns the variables
+// and a description of what was read.
+func readEnvFile(lookupEnv func(string) (string, bool)) (map[string]string, string, error) {
+	name, named := lookupEnv("ENV_FILE")
+	if !named || name == "" {
+		name, named = defaultEnvFile, false
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		if !named && errors.Is(err, os.ErrNotExist) {
+			return map[string]string{}, "none", nil
+		}
+		return nil, "", &configError{problems: []string{fmt.Sprintf("ENV_FILE: cannot read %q: %v", name, unwrapPathError(err))}}
+	}
+	vars, err := parseDotenv(name, data)
+	if err != nil {
+		return nil, "", &configError{problems: []string{err.Error()}}
+	}
+	return vars, name, nil
+}
+
+// unwrapPathError drops the file name from an *os.PathError, which the caller
+// already names.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// parseDotenv parses the .env format: KEY=VALUE lines, optional "export ",
+// comments and blank lines, single quotes (literal), double quotes (with \n,
+// \t, \" and \\ escapes) and an unquoted value that ends at " #". A malformed
+// line is an error naming the file and line, never its content, which may be
+// a secret.
+func parseDotenv(name string, data []byte) (map[string]string, error) {
+	vars := make(map[string]string)
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		key, value, ok, err := parseDotenvLine(sc.Text())
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", name, n, err)
+		}
+		if ok {
+			vars[key] = value
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	return vars, nil
+}
+
+// parseDotenvLine parses one line; ok is false for a blank or comment line.
+func parseDotenvLine(line string) (key, value string, ok bool, err error) {
+	line = strings.TrimSpace(strings.TrimPrefix(line, "\ufeff"))
+	if line == "" || line[0] == '#' {
+		return "", "", false, nil
+	}
+	if rest, found := strings.CutPrefix(line, "export"); found && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
+		line = strings.TrimSpace(rest)
+	}
+	key, raw, found := strings.Cut(line, "=")
+	if !found {
+		return "", "", false, errors.New(`expected KEY=VALUE`)
+	}
+	key = strings.TrimSpace(key)
+	if !validEnvKey(key) {
+		return "", "", false, errors.New("invalid variable name")
+	}
+	raw = strings.TrimSpace(raw)
+	switch {
+	case raw == "":
+		return key, "", true, nil
+	case raw[0] == '\'':
+		end := strings.IndexByte(raw[1:], '\'')
+		if end < 0 {
+			return "", "", false, fmt.Errorf("%s: unterminated single quote", key)
+		}
+		value, raw = raw[1:1+end], raw[2+end:]
+	case raw[0] == '"':
+		var b strings.Builder
+		i := 1
+		for ; i < len(raw) && raw[i] != '"'; i++ {
+			c := raw[i]
+			if c == '\\' && i+1 < len(raw) {
+				i++
+				switch raw[i] {
+				case 'n':
+					c = '\n'
+				case 't':
+					c = '\t'
+				case 'r':
+					c = '\r'
+				default:
+					c = raw[i]
+				}
+			}
+			b.WriteByte(c)
+		}
+		if i >= len(raw) {
+			return "", "", false, fmt.Errorf("%s: unterminated double quote", key)
+		}
+		value, raw = b.String(), raw[i+1:]
+	default:
+		if i := strings.Index(raw, " #"); i >= 0 {
+			raw = raw[:i]
+		}
+		return key, strings.TrimSpace(raw), true, nil
+	}
+	// After a closing quote only a comment may follow.
+	if rest := strings.TrimSpace(raw); rest != "" && rest[0] != '#' {
+		return "", "", false, fmt.Errorf("%s: unexpected text after the closing quote", key)
+	}
+	return key, value, true, nil
+}
+
+// validEnvKey reports whether key is a shell-style variable name.
+func validEnvKey(key string) bool {
+	if key == "" {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		letter := c == '_' || ('A' <= c && c <= 'Z') || ('a' <= c && c <= 'z')
+		if !letter && (i == 0 || c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// parser reads typed values, collecting a problem per bad variable instead of
+// stopping at the first.
+type parser struct {
+	get      func(string) string
+	problems []string
+}
+
+func (p *parser) fail(key, format string, args ...any) {
+	p.problems = append(p.problems, key+": "+fmt.Sprintf(format, args...))
+}
+
+func (p *parser) str(key, def string) string {
+	if v := p.get(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func (p *parser) boolean(key string, def bool) bool {
+	v := p.get(key)
+	if v == "" {
+		return def
+	}
+	switch strings.ToLower(v) {
+	case "true", "1", "yes":
+		return true
+	case "false", "0", "no":
+		return false
+	}
+	p.fail(key, "must be true/false, 1/0 or yes/no, got %q", v)
+	return def
+}
+
+func (p *parser) integer(key string, def, lo, hi int) int {
+	v := p.get(key)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		p.fail(key, "must be a whole number from %d to %d, got %q", lo, hi, v)
+		return def
+	}
+	return n
+}
+
+// duration accepts Go syntax ("500ms", "2s") or a bare number of seconds.
+func (p *parser) duration(key string, def time.Duration, zeroOK bool) time.Duration {
+	v := p.get(key)
+	if v == "" {
+		return def
+	}
+	d, err := parseDuration(v)
+	if err != nil || d < 0 || (d == 0 && !zeroOK) {
+		want := "a positive duration"
+		if zeroOK {
+			want = "a duration of zero or more"
+		}
+		p.fail(key, "must be %s such as 500ms, 2s or 30 (seconds), got %q", want, v)
+		return def
+	}
+	return d
+}
+
+// parseDuration parses "1.5s"-style durations and bare seconds ("30", "0.5").
+func parseDuration(v string) (time.Duration, error) {
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		if secs > float64(1<<62)/float64(time.Second) || secs != secs {
+			return 0, errors.New("out of range")
+		}
+		return time.Duration(secs * float64(time.Second)), nil
+	}
+	return time.ParseDuration(v)
+}
+
+func (p *parser) oneOf(key, def string, allowed ...string) string {
+	v := strings.ToLower(p.get(key))
+	if v == "" {
+		return def
+	}
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	p.fail(key, "must be one of %s, got %q", strings.Join(allowed, ", "), v)
+	return def
+}
+
+// logLevelCritical sits above slog.LevelError for LOG_LEVEL=CRITICAL.
+const logLevelCritical = slog.Level(12)
+
+func (p *parser) logLevel(key string, def slog.Level) slog.Level {
+	v := strings.ToUpper(p.get(key))
+	switch v {
+	case "":
+		return def
+	case "DEBUG":
+		return slog.LevelDebug
+	case "INFO":
+		return slog.LevelInfo
+	case "WARNING", "WARN":
+		return slog.LevelWarn
+	case "ERROR":
+		return slog.LevelError
+	case "CRITICAL":
+		return logLevelCritical
+	}
+	p.fail(key, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got %q", v)
+	return def
+}
+
+// origins parses a comma-separated list of exact origins.
+func (p *parser) origins(key, def string) []string {
+	v := p.get(key)
+	if v == "" {
+		v = def
+	}
+	var out []string
+	for _, o := range strings.Split(v, ",") {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		norm, err := normalizeOrigin(o)
+		if err != nil {
+			p.fail(key, "%q: %v", o, err)
+			continue
+		}
+		out = append(out, norm)
+	}
+	if len(out) == 0 && len(p.problems) == 0 {
+		p.fail(key, "must list at least one origin")
+	}
+	return out
+}
+
+// normalizeOrigin checks that o is scheme://host[:port] with nothing else and
+// returns it lower-cased, the form browsers send.
+func normalizeOrigin(o string) (string, error) {
+	if o == "*" {
+		return "", errors.New("a wildcard is not allowed: list each origin (credentials are allowed, so browsers reject *)")
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Opaque != "" {
+		return "", errors.New("not a valid origin (want scheme://host[:port])")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", errors.New("scheme must be http or https")
+	case u.Host == "" || u.Hostname() == "":
+		return "", errors.New("host is missing")
+	case u.User != nil:
+		return "", errors.New("must not contain user information")
+	case u.Path != "" || u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(o[len(u.Scheme)+3:], "/?#"):
+		return "", errors.New("must not have a path, query or fragment (want scheme://host[:port])")
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", errors.New("port must be from 1 to 65535")
+		}
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host), nil
+}
+
+// databaseURL checks DATABASE_URL without ever echoing it: it may hold a
+// password.
+func (p *parser) databaseURL(key string) string {
+	v := p.get(key)
+	if v == "" {
+		p.fail(key, "is required (for example postgres://user:password@127.0.0.1:5432/zenspa?sslmode=disable)")
+		return ""
+	}
+	scheme, _, found := strings.Cut(v, "://")
+	if !found {
+		p.fail(key, "must be a URL starting with postgres:// or postgresql://")
+		return ""
+	}
+	switch s := strings.ToLower(scheme); {
+	case s == "postgres" || s == "postgresql":
+	case strings.HasPrefix(s, "postgresql+") || strings.HasPrefix(s, "postgres+"):
+		p.fail(key, "uses the SQLAlchemy driver scheme %q: change it to postgresql:// (drop %q)", scheme, scheme[strings.IndexByte(scheme, '+'):])
+		return ""
+	default:
+		p.fail(key, "scheme must be postgres:// or postgresql://, got %q", scheme)
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		// url.Parse's message quotes the whole URL, password included.
+		p.fail(key, "is not a valid URL (check that special characters in the password are percent-encoded)")
+		return ""
+	}
+	if u.Hostname() == "" && u.Query().Get("host") == "" {
+		p.fail(key, "has no host")
+		return ""
+	}
+	return v
+}
+
+// dbTarget describes where DATABASE_URL points, without credentials.
+type dbTarget struct {
+	Host, Port, Database, User string
+}
+
+// parseDBTarget extracts host, port, database and user for messages.
+func parseDBTarget(raw string) dbTarget {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return dbTarget{}
+	}
+	t := dbTarget{Host: u.Hostname(), Port: u.Port(), Database: strings.TrimPrefix(u.Path, "/"), User: u.User.Username()}
+	if t.Port == "" {
+		t.Port = "5432"
+	}
+	return t
+}
+
+func (t dbTarget) String() string {
+	return fmt.Sprintf("%s@%s/%s", t.User, net.JoinHostPort(t.Host, t.Port), t.Database)
+}
+
+// maskedPassword replaces secrets wherever they are shown.
+const maskedPassword = "xxxxx"
+
+// maskDatabaseURL returns raw with the password (in the user info or in a
+// password= parameter) replaced by a mask.
+func maskDatabaseURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), maskedPassword)
+		}
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", maskedPassword)
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
+
+// LogValue makes logging a config safe: secrets are masked.
+func (c config) LogValue() slog.Value {
+	redisPassword := ""
+	if c.RedisPassword != "" {
+		redisPassword = maskedPassword
+	}
+	return slog.GroupValue(
+		slog.String("app_name", c.AppName),
+		slog.String("app_version", c.AppVersion),
+		slog.String("environment", c.Environment),
+		slog.Bool("debug", c.Debug),
+		slog.String("listen", c.listenAddr()),
+		slog.Any("cors_origins", c.CORSOrigins),
+		slog.String("database_url", maskDatabaseURL(c.DatabaseURL)),
+		slog.Int("db_pool_size", c.DBPoolSize),
+		slog.Int("db_max_overflow", c.DBMaxOverflow),
+		slog.Duration("db_pool_timeout", c.DBPoolTimeout),
+		slog.String("redis", c.redisAddr()),
+		slog.Int("redis_db", c.RedisDB),
+		slog.String("redis_password", redisPassword),
+		slog.Duration("health_check_timeout", c.HealthCheckTimeout),
+		slog.Duration("health_cache_ttl", c.HealthCacheTTL),
+		slog.String("env_file", c.configFileDescription),
+	)
+}
+
+func (c config) listenAddr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
+func (c config) redisAddr() string  { return net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort)) }

@@ -1,0 +1,292 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+)
+
+// maxBodyBytes is the largest request body any route accepts.
+const maxBodyBytes = 1 << 20
+
+// headerRequestID carries the request ID in both directions.
+const headerRequestID = "X-Request-ID"
+
+// handler wraps the routes in the middleware chain. Outermost first: recover,
+// request ID, security headers, access log, CORS, body limit, routes. Recover
+// is outermost so that a panic anywhere still gets an envelope; the request ID
+// comes next so that everything after it can log and answer with it.
+func (s *server) handler() http.Handler {
+	h := s.routes()
+	h = limitBody(s, h)
+	h = s.cors(h)
+	h = s.accessLog(h)
+	h = securityHeaders(h)
+	h = requestID(h)
+	h = s.recoverPanics(h)
+	return h
+}
+
+// responseRecorder remembers the status and size of a response for the
+// access log and tells recoverPanics whether headers already went out. It is
+// created once per request by recoverPanics and shared down the chain.
+type responseRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (rw *responseRecorder) WriteHeader(status int) {
+	if rw.status == 0 {
+		rw.status = status
+	}
+	rw.ResponseWriter.WriteHeader(status)
+}
+
+func (rw *responseRecorder) Write(p []byte) (int, error) {
+	if rw.status == 0 {
+		rw.status = http.StatusOK
+	}
+	n, err := rw.ResponseWriter.Write(p)
+	rw.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (rw *responseRecorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// recorder returns the request's responseRecorder, or wraps w in a new one
+// when a middleware runs outside the usual chain.
+func recorder(w http.ResponseWriter) *responseRecorder {
+	if rec, ok := w.(*responseRecorder); ok {
+		return rec
+	}
+	return &responseRecorder{ResponseWriter: w}
+}
+
+// recoverPanics turns a panic in any handler into a 500 INTERNAL_ERROR with a
+// generic message and logs the stack with the request ID; the server goes on.
+func (s *server) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := recorder(w)
+		defer func() {
+			v := recover()
+			if v == nil {
+				return
+			}
+			if v == http.ErrAbortHandler { //nolint:errorlint // a sentinel passed to panic
+				panic(v)
+			}
+			id := rec.Header().Get(headerRequestID)
+			s.log.Error("panic in handler", "request_id", id, "method", r.Method, "path", r.URL.Path,
+				"panic", v, "stack", string(debug.Stack()))
+			if rec.status != 0 {
+				// The status line is gone already: cutting the connection is
+				// the only honest way left to say the response is broken.
+				panic(http.ErrAbortHandler)
+			}
+			s.writeError(rec, r, newError(codeInternal, genericInternalMessage))
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// requestIDKey is the context key of the request ID.
+type requestIDKey struct{}
+
+// requestIDFrom returns the request ID stored by the requestID middleware.
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// requestID keeps a well-formed incoming X-Request-ID or makes a new UUID v4,
+// echoes it in the response and puts it in the request's context.
+func requestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(headerRequestID)
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set(headerRequestID, id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
+	})
+}
+
+// validRequestID accepts 1 to 128 characters from [A-Za-z0-9._:-].
+func validRequestID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		ok := ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') ||
+			c == '.' || c == '_' || c == ':' || c == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// newRequestID returns a random UUID version 4.
+func newRequestID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails since Go 1.24
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], u[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], u[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], u[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], u[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], u[10:])
+	return string(s[:])
+}
+
+// securityHeaders sets the browser-hardening headers on every response,
+// errors and preflights included.
+func securityHeaders(next http.Handler) http.Handler {
+	// Built once: the header values are shared, read-only slices.
+	headers := map[string][]string{
+		"X-Content-Type-Options":            {"nosniff"},
+		"X-Frame-Options":                   {"DENY"},
+		"X-Xss-Protection":                  {"1; mode=block"},
+		"Strict-Transport-Security":         {"max-age=31536000; includeSubDomains"},
+		"X-Permitted-Cross-Domain-Policies": {"none"},
+		"Referrer-Policy":                   {"strict-origin-when-cross-origin"},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		for k, v := range headers {
+			h[k] = v
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// accessLog writes one line per request: INFO, ERROR for a 5xx, and DEBUG for
+// health probes whatever their status, so that probes do not flood the log.
+func (s *server) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := recorder(w)
+		defer func() {
+			status := rec.status
+			if status == 0 {
+				status = http.StatusInternalServerError // a panic on its way to recoverPanics
+			}
+			level := slog.LevelInfo
+			switch {
+			case isProbe(r.URL.Path):
+				level = slog.LevelDebug
+			case status >= 500:
+				level = slog.LevelError
+			}
+			ctx := r.Context()
+			if !s.log.Enabled(ctx, level) {
+				return
+			}
+			s.log.LogAttrs(ctx, level, "request",
+				slog.String("method", r.Method),
+				slog.String("path", r.URL.Path),
+				slog.Int("status", status),
+				slog.Int64("bytes", rec.bytes),
+				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+			)
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// isProbe reports whether path is a health endpoint, which logs at DEBUG.
+func isProbe(path string) bool {
+	return strings.HasPrefix(path, "/health") || strings.HasPrefix(path, "/api/v1/health")
+}
+
+// Values sent to an allowed origin's preflight.
+const (
+	corsAllowMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+	corsAllowHeaders = "Accept, Authorization, Content-Type, X-Request-ID"
+	corsMaxAge       = "600"
+)
+
+// cors answers exact origins from CORS_ORIGINS with credentials allowed. A
+// preflight from any other origin gets 403; other requests from such an origin
+// are served without CORS headers, and the browser keeps the answer from the
+// page.
+func (s *server) cors(next http.Handler) http.Handler {
+	allowed := make(map[string]bool, len(s.cfg.CORSOrigins))
+	for _, o := range s.cfg.CORSOrigins {
+		allowed[o] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := w.Header()
+		h.Add("Vary", "Origin")
+		ok := allowed[origin]
+		preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+		if ok {
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Allow-Credentials", "true")
+			h.Set("Access-Control-Expose-Headers", headerRequestID)
+		}
+		switch {
+		case preflight && ok:
+			h.Set("Access-Control-Allow-Methods", corsAllowMethods)
+			h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
+			h.Set("Access-Control-Max-Age", corsMaxAge)
+			w.WriteHeader(http.StatusNoContent)
+		case preflight:
+			s.writeError(w, r, newError(codeForbidden, "Origin not allowed"))
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// limitBody refuses bodies over maxBodyBytes with 413 before any route runs:
+// a declared Content-Length at once, without reading; a body of unknown
+// length is read up to the limit first.
+func limitBody(s *server, next http.Handler) http.Handler {
+	tooLarge := newError(codePayloadTooLarge, "Request body must not exceed 1 MiB")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.ContentLength > maxBodyBytes:
+			w.Header().Set("Connection", "close")
+			s.writeError(w, r, tooLarge)
+			return
+		case r.ContentLength < 0:
+			body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+			if len(body) > maxBodyBytes {
+				w.Header().Set("Connection", "close")
+				s.writeError(w, r, tooLarge)
+				return
+			}
+			if err != nil {
+				s.writeError(w, r, newError(codeValidation, "Request body could not be read"))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+		case r.ContentLength > 0:
+			r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		}
+		next.ServeHTTP(w, r)
+	})
+}

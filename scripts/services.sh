@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# services.sh makes sure what zenspa and its tests need is here and running:
+# a PostgreSQL and a Redis answering on 127.0.0.1, the zenspa role and
+# database, and the tools the tests call (redis-server for private instances,
+# gcc for the race detector). What already runs is only used, never restarted;
+# what is missing is installed from the OS packages and started.
+set -euo pipefail
+
+PG_PORT=5432
+REDIS_PORT=6379
+DB_NAME=zenspa
+DB_USER=zenspa
+DB_PASSWORD=zenspa # a local development password, also in .env.example
+
+log() { echo "services: $*" >&2; }
+
+# as_root runs a command as root, through sudo when we are not root.
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo -n "$@"
+	else
+		log "need root (or sudo) to run: $*"
+		exit 1
+	fi
+}
+
+apt_updated=
+apt_install() {
+	log "installing $* from the OS packages"
+	if [ -z "$apt_updated" ]; then
+		as_root apt-get update -qq
+		apt_updated=1
+	fi
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# port_open reports whether something accepts TCP connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for waits up to 30 s for a port to open.
+wait_for() {
+	for _ in $(seq 1 60); do
+		port_open "$1" && return 0
+		sleep 0.5
+	done
+	log "$2 did not start listening on 127.0.0.1:$1"
+	exit 1
+}
+
+ensure_postgres() {
+	if ! port_open "$PG_PORT"; then
+		if ! compgen -G "/etc/postgresql/*/main" >/dev/null; then
+			apt_install postgresql postgresql-client
+		fi
+		local version
+		version=$(ls /etc/postgresql | sort -V | tail -n 1)
+		log "starting PostgreSQL $version"
+		as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+			as_root service postgresql start
+		wait_for "$PG_PORT" PostgreSQL
+	fi
+	command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+
+	# The role may create databases: every test gets a database of its own.
+	psql_admin -c "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') THEN
+			CREATE ROLE $DB_USER LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
+		END IF; END \$\$;" >/dev/null
+	if [ "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
+		log "creating database $DB_NAME"
+		psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
+	fi
+}
+
+# psql_admin runs psql as a superuser: over TCP where the server trusts
+# loopback, else through the socket as the postgres OS user.
+psql_admin() {
+	if psql -w -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT 1" >/dev/null 2>&1; then
+		psql -w -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
+	else
+		as_root runuser -u postgres -- psql -w -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@"
+	fi
+}
+
+ensure_redis() {
+	command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+	if ! port_open "$REDIS_PORT"; then
+		log "starting Redis"
+		redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
+			--save "" --appendonly no --dir /tmp --logfile /tmp/zenspa-redis.log
+		wait_for "$REDIS_PORT" Redis
+	fi
+}
+
+ensure_tools() {
+	# go test -race needs cgo, so a C compiler.
+	command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
+}
+
+ensure_postgres
+ensure_redis
+ensure_tools
+log "PostgreSQL on 127.0.0.1:$PG_PORT and Redis on 127.0.0.1:$REDIS_PORT are ready"
