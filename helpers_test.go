@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/lib/pq"
+)
+
+// Shared test helpers. Tests talk to the real PostgreSQL and Redis that
+// `make test` starts (scripts/services.sh); a missing service fails the test
+// with a message saying what to start, it never skips.
+
+// defaultTestDatabaseURL is the database scripts/services.sh creates.
+const defaultTestDatabaseURL = "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa?sslmode=disable"
+
+// testRedisAddr is the shared Redis; tests use their own key prefixes there.
+const testRedisAddr = "127.0.0.1:6379"
+
+// adminDatabaseURL is TEST_DATABASE_URL or the default; its role must be
+// allowed to create databases.
+func adminDatabaseURL() string {
+	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return defaultTestDatabaseURL
+}
+
+// randomName returns prefix followed by 12 random hex digits.
+func randomName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// requirePostgres fails the test when PostgreSQL does not answer.
+func requirePostgres(t testing.TB) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", adminDatabaseURL())
+	if err != nil {
+		t.Fatalf("open %s: %v", maskDatabaseURL(adminDatabaseURL()), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		t.Fatalf("PostgreSQL is not reachable at %s (%v): start it with `make services` (or run `make test`), or set TEST_DATABASE_URL",
+			maskDatabaseURL(adminDatabaseURL()), err)
+	}
+	return db
+}
+
+// newTestDatabase creates a fresh database for one test, dropped when the
+// test ends, and returns its URL.
+func newTestDatabase(t testing.TB) string {
+	t.Helper()
+	admin := requirePostgres(t)
+	name := randomName("zenspa_test_")
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		admin.Close()
+		t.Fatalf("CREATE DATABASE %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		defer admin.Close()
+		if _, err := admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			t.Errorf("DROP DATABASE %s: %v", name, err)
+		}
+	})
+	u, _ := url.Parse(adminDatabaseURL())
+	u.Path = "/" + name
+	return u.String()
+}
+
+// requireRedis fails the test when the shared Redis does not answer.
+func requireRedis(t testing.TB) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", testRedisAddr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("Redis is not reachable at %s (%v): start it with `make services` (or run `make test`)", testRedisAddr, err)
+	}
+	c.Close()
+}
+
+// testEnv returns a lookupEnv for loadConfig: the given KEY=VALUE pairs over
+// a working configuration against the test services, with an empty .env file
+// so that a developer's own .env never leaks into a test.
+func testEnv(t testing.TB, databaseURL string, kv ...string) func(string) (string, bool) {
+	t.Helper()
+	envFile := filepath.Join(t.TempDir(), "empty.env")
+	if err := os.WriteFile(envFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(testRedisAddr)
+	m := map[string]string{
+		"ENV_FILE":             envFile,
+		"DATABASE_URL":         databaseURL,
+		"REDIS_HOST":           host,
+		"REDIS_PORT":           port,
+		"DB_CONNECT_ATTEMPTS":  "1",
+		"DB_CONNECT_TIMEOUT":   "2s",
+		"HEALTH_CHECK_TIMEOUT": "1s",
+		"LOG_LEVEL":            "DEBUG",
+	}
+	for _, pair := range kv {
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok {
+			t.Fatalf("testEnv: %q is not KEY=VALUE", pair)
+		}
+		m[k] = v
+	}
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+// testConfig loads a config from testEnv.
+func testConfig(t testing.TB, databaseURL string, kv ...string) config {
+	t.Helper()
+	cfg, err := loadConfig(testEnv(t, databaseURL, kv...))
+	if err != nil {
+		t.Fatalf("loadConfig: %v", err)
+	}
+	return cfg
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// newTestServer builds a server from cfg with its pools, closed at cleanup,
+// and returns it with its log.
+func newTestServer(t testing.TB, cfg config) (*server, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	log := newLogger(logs, cfg.Environment, cfg.LogLevel)
+	db, err := openDatabase(cfg, log)
+	if err != nil {
+		t.Fatalf("openDatabase: %v", err)
+	}
+	cache := newCache(cfg, log)
+	t.Cleanup(func() {
+		db.close()
+		cache.close()
+	})
+	return newServer(cfg, log, db, cache), logs
+}
+
+// startTestServer serves s.handler() on a real loopback listener.
+func startTestServer(t testing.TB, s *server) *httptest.Server {
+	t.Helper()
+	ts := httptest.NewServer(s.handler())
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// silentListener accepts connections and never answers: a dependency that is
+// up but stalled. It is closed at cleanup.
+func silentListener(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// privateRedis is a redis-server of the test's own on a free port, which the
+// test may stop and start again on the same port.
+type privateRedis struct {
+	t        testing.TB
+	port     int
+	password string
+	cmd      *exec.Cmd
+}
+
+// startPrivateRedis starts redis-server (requirepass when password is set);
+// it is stopped at cleanup.
+func startPrivateRedis(t testing.TB, password string) *privateRedis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server is not installed: run `make services` (it installs the redis-server package)")
+	}
+	r := &privateRedis{t: t, port: freePort(t), password: password}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *privateRedis) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+
+// start runs the server and waits until it accepts connections.
+func (r *privateRedis) start() {
+	r.t.Helper()
+	args := []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"}
+	if r.password != "" {
+		args = append(args, "--requirepass", r.password)
+	}
+	r.cmd = exec.Command("redis-server", args...)
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.t.Fatalf("private redis-server on %s did not start", r.addr())
+}
+
+// stop kills the server we started, by PID, and waits for it.
+func (r *privateRedis) stop() {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// get requests path from base and returns the status, headers and body.
+func get(t testing.TB, base, path string) (int, http.Header, []byte) {
+	t.Helper()
+	return do(t, http.MethodGet, base+path, nil, nil)
+}
+
+// do sends one request and reads the whole answer.
+func do(t testing.TB, method, target string, header http.Header, body io.Reader) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, target, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	client := &http.Client{
+		Timeout:       10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, target, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// discardLogger is for code under test whose log the test does not read.
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// mustf fails the test with a formatted message when err is not nil.
+func mustf(t testing.TB, err error, format string, args ...any) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)
+	}
+}
