@@ -45,6 +45,7 @@ type config struct {
 	ShutdownDrainDelay    time.Duration
 	ShutdownTimeout       time.Duration
 	LogLevel              slog.Level
+	LogFile               string
 	MigrateOnStart        bool
 	MigrateLockTimeout    time.Duration
 	configFileDescription string // which .env file was read, for the startup log
@@ -58,17 +59,10 @@ const defaultEnvFile = ".env"
 // empty string. It reports every problem at once, one line each, and never
 // puts a secret into an error message.
 func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
-	fileVars, source, err := readEnvFile(lookupEnv)
+	get, source, err := envGetter(lookupEnv)
 	if err != nil {
 		return config{}, err
 	}
-	get := func(key string) string {
-		if v, ok := lookupEnv(key); ok {
-			return strings.TrimSpace(v)
-		}
-		return strings.TrimSpace(fileVars[key])
-	}
-
 	p := parser{get: get}
 	cfg := config{
 		AppName:     p.str("APP_NAME", "ZenSpa Backend"),
@@ -79,7 +73,7 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		Port:        p.integer("PORT", 8000, 1, 65535),
 		CORSOrigins: p.origins("CORS_ORIGINS", "http://localhost:3000"),
 
-		DatabaseURL:       p.databaseURL("DATABASE_URL"),
+		DatabaseURL:       p.databaseURL("DATABASE_URL", p.secret("DATABASE_URL")),
 		DBPoolSize:        p.integer("DB_POOL_SIZE", 10, 1, 10000),
 		DBMaxOverflow:     p.integer("DB_MAX_OVERFLOW", 10, 0, 10000),
 		DBPoolTimeout:     p.duration("DB_POOL_TIMEOUT", 30*time.Second, false),
@@ -91,7 +85,7 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		RedisHost:            p.str("REDIS_HOST", "localhost"),
 		RedisPort:            p.integer("REDIS_PORT", 6379, 1, 65535),
 		RedisDB:              p.integer("REDIS_DB", 0, 0, 1<<20),
-		RedisPassword:        get("REDIS_PASSWORD"),
+		RedisPassword:        p.secret("REDIS_PASSWORD"),
 		RedisPoolSize:        p.integer("REDIS_POOL_SIZE", 10, 1, 10000),
 		RedisDecodeResponses: p.boolean("REDIS_DECODE_RESPONSES", true),
 		HealthCheckTimeout:   p.duration("HEALTH_CHECK_TIMEOUT", 2*time.Second, false),
@@ -99,6 +93,7 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		ShutdownDrainDelay:   p.duration("SHUTDOWN_DRAIN_DELAY", 0, true),
 		ShutdownTimeout:      p.duration("SHUTDOWN_TIMEOUT", 15*time.Second, false),
 		LogLevel:             p.logLevel("LOG_LEVEL", slog.LevelInfo),
+		LogFile:              get("LOG_FILE"),
 		MigrateOnStart:       p.boolean("MIGRATE_ON_START", false),
 		MigrateLockTimeout:   p.duration("MIGRATE_LOCK_TIMEOUT", 60*time.Second, false),
 
@@ -108,6 +103,37 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		return config{}, &configError{problems: p.problems}
 	}
 	return cfg, nil
+}
+
+// envGetter returns a lookup over the environment and the .env file, the
+// environment winning, and a description of the file read.
+func envGetter(lookupEnv func(string) (string, bool)) (func(string) string, string, error) {
+	fileVars, source, err := readEnvFile(lookupEnv)
+	if err != nil {
+		return nil, "", err
+	}
+	get := func(key string) string {
+		if v, ok := lookupEnv(key); ok {
+			return strings.TrimSpace(v)
+		}
+		return strings.TrimSpace(fileVars[key])
+	}
+	return get, source, nil
+}
+
+// loadPort reads only PORT, for commands that must work without the rest of
+// the configuration (zenspa healthcheck needs no DATABASE_URL).
+func loadPort(lookupEnv func(string) (string, bool)) (int, error) {
+	get, _, err := envGetter(lookupEnv)
+	if err != nil {
+		return 0, err
+	}
+	p := parser{get: get}
+	port := p.integer("PORT", 8000, 1, 65535)
+	if len(p.problems) > 0 {
+		return 0, &configError{problems: p.problems}
+	}
+	return port, nil
 }
 
 // configError lists every problem found in the configuration, one per line.
@@ -160,7 +186,8 @@ func parseDotenv(name string, data []byte) (map[string]string, error) {
 	vars := make(map[string]string)
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for n := 1; sc.Scan(); n++ {
+	n := 1
+	for ; sc.Scan(); n++ {
 		key, value, ok, err := parseDotenvLine(sc.Text())
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %v", name, n, err)
@@ -170,7 +197,7 @@ func parseDotenv(name string, data []byte) (map[string]string, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %v", name, err)
+		return nil, fmt.Errorf("%s:%d: %v", name, n, err) // n is the line too long to read
 	}
 	return vars, nil
 }
@@ -226,6 +253,8 @@ func parseDotenvLine(line string) (key, value string, ok bool, err error) {
 			return "", "", false, fmt.Errorf("%s: unterminated double quote", key)
 		}
 		value, raw = b.String(), raw[i+1:]
+	case raw[0] == '#': // KEY= # comment
+		return key, "", true, nil
 	default:
 		if i := strings.Index(raw, " #"); i >= 0 {
 			raw = raw[:i]
@@ -321,7 +350,8 @@ func (p *parser) duration(key string, def time.Duration, zeroOK bool) time.Durat
 // parseDuration parses "1.5s"-style durations and bare seconds ("30", "0.5").
 func parseDuration(v string) (time.Duration, error) {
 	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs > float64(1<<62)/float64(time.Second) || secs != secs {
+		// Out of range, the float-to-Duration conversion is implementation-defined.
+		if secs > float64(1<<62)/float64(time.Second) || secs < -float64(1<<62)/float64(time.Second) || secs != secs {
 			return 0, errors.New("out of range")
 		}
 		return time.Duration(secs * float64(time.Second)), nil
@@ -373,6 +403,7 @@ func (p *parser) origins(key, def string) []string {
 		v = def
 	}
 	var out []string
+	before := len(p.problems) // problems of earlier variables must not hide an empty list
 	for _, o := range strings.Split(v, ",") {
 		o = strings.TrimSpace(o)
 		if o == "" {
@@ -385,7 +416,7 @@ func (p *parser) origins(key, def string) []string {
 		}
 		out = append(out, norm)
 	}
-	if len(out) == 0 && len(p.problems) == 0 {
+	if len(out) == 0 && len(p.problems) == before {
 		p.fail(key, "must list at least one origin")
 	}
 	return out
@@ -416,19 +447,43 @@ func normalizeOrigin(o string) (string, error) {
 			return "", errors.New("port must be from 1 to 65535")
 		}
 	}
-	return strings.ToLower(u.Scheme + "://" + u.Host), nil
+	// The authority as written: u.Host is unescaped, and "%25" or "%2f" in an
+	// IPv6 zone would come back as "%" or "/".
+	return strings.ToLower(u.Scheme + "://" + o[len(u.Scheme)+3:]), nil
 }
 
-// databaseURL checks DATABASE_URL without ever echoing it: it may hold a
-// password.
-func (p *parser) databaseURL(key string) string {
-	v := p.get(key)
+// secret returns key's value, or the content of the file named by key_FILE
+// (systemd LoadCredential=, Docker secrets) with its trailing newline
+// trimmed. Setting both is an error: one of them would be silently ignored.
+func (p *parser) secret(key string) string {
+	v, file := p.get(key), p.get(key+"_FILE")
+	switch {
+	case file == "":
+		return v
+	case v != "":
+		p.fail(key, "is set together with %s_FILE: set only one of them", key)
+		return ""
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		p.fail(key+"_FILE", "cannot read %q: %v", file, unwrapPathError(err))
+		return ""
+	}
+	s := strings.TrimSuffix(string(b), "\n")
+	return strings.TrimSuffix(s, "\r")
+}
+
+// databaseURL checks the DATABASE_URL value v without ever echoing it: it
+// may hold a password.
+func (p *parser) databaseURL(key, v string) string {
 	if v == "" {
-		p.fail(key, "is required (for example postgres://user:password@127.0.0.1:5432/zenspa?sslmode=disable)")
+		p.fail(key, "is required, or DATABASE_URL_FILE naming a file that holds it (for example postgres://user:password@127.0.0.1:5432/zenspa?sslmode=disable)")
 		return ""
 	}
 	scheme, _, found := strings.Cut(v, "://")
-	if !found {
+	// Only a well-formed scheme is ever quoted: when the first "://" comes
+	// late (postgres:/u:pw@h/db?x=file://), the text before it holds the password.
+	if !found || strings.TrimLeft(strings.ToLower(scheme), "abcdefghijklmnopqrstuvwxyz0123456789+-.") != "" {
 		p.fail(key, "must be a URL starting with postgres:// or postgresql://")
 		return ""
 	}
@@ -523,6 +578,13 @@ func (c config) LogValue() slog.Value {
 		slog.String("env_file", c.configFileDescription),
 	)
 }
+
+// String masks secrets like LogValue, so that printing a config with fmt is
+// as safe as logging it.
+func (c config) String() string { return c.LogValue().String() }
+
+// GoString does the same for %#v.
+func (c config) GoString() string { return c.String() }
 
 func (c config) listenAddr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
 func (c config) redisAddr() string  { return net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort)) }
