@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -72,6 +73,12 @@ func newConnector(dsn string, connectTimeout, ioTimeout time.Duration) (driver.C
 		return nil, fmt.Errorf("DATABASE_URL: %s", scrubSecret(err.Error(), dsn))
 	}
 	pqcfg.ConnectTimeout = connectTimeout
+	// Send a parameterized query as one Parse/Bind/Execute batch instead of
+	// preparing it in a separate round trip first: behind a transaction-mode
+	// pooler (Supabase's, PgBouncer) the two round trips may reach different
+	// server connections and fail with "unnamed prepared statement does not
+	// exist". It also saves a round trip everywhere else.
+	pqcfg.BinaryParameters = true
 	c, err := pq.NewConnectorConfig(pqcfg)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %s", scrubSecret(err.Error(), dsn))
@@ -158,8 +165,8 @@ func (d *database) connectWithRetry(ctx context.Context, attempts int, backoff, 
 			return ctx.Err()
 		}
 		if attempt >= attempts {
-			return fmt.Errorf("cannot connect to PostgreSQL at host %s port %s database %q after %d attempts: %w",
-				d.target.Host, d.target.Port, d.target.Database, attempts, err)
+			return fmt.Errorf("cannot connect to PostgreSQL at host %s port %s database %q after %d attempts: %w%s",
+				d.target.Host, d.target.Port, d.target.Database, attempts, err, tlsHint(err))
 		}
 		d.log.WarnContext(ctx, "database not reachable, retrying",
 			"attempt", attempt, "attempts", attempts, "retry_in", wait.String(),
@@ -169,6 +176,17 @@ func (d *database) connectWithRetry(ctx context.Context, attempts int, backoff, 
 		}
 		wait = min(2*wait, maxConnectBackoff)
 	}
+}
+
+// tlsHint explains a certificate failure in DATABASE_URL's terms.
+func tlsHint(err error) string {
+	var unknownAuthority x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var hostname x509.HostnameError
+	if errors.As(err, &unknownAuthority) || errors.As(err, &invalid) || errors.As(err, &hostname) {
+		return " (the server's TLS certificate does not verify: check sslmode and sslrootcert in DATABASE_URL)"
+	}
+	return ""
 }
 
 // sleep waits for d or until ctx ends, whichever comes first.

@@ -3,9 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -257,4 +262,54 @@ func (s *server) handleReady() http.Handler {
 			},
 		})
 	})
+}
+
+// healthcheck is `zenspa healthcheck [--url URL] [--timeout 3s]`: it asks
+// /health/ready of the local instance (http://127.0.0.1:$PORT unless --url
+// names another), prints one line and exits 0 when ready, 1 otherwise. It
+// needs no DATABASE_URL, so it suits Docker HEALTHCHECK and watchdog scripts
+// on machines without curl.
+func healthcheck(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	base := fs.String("url", "", "base URL of the instance (default http://127.0.0.1:$PORT)")
+	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{"healthcheck: " + err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("healthcheck: unexpected argument %q", fs.Arg(0))}
+	}
+	if *base == "" {
+		port, err := loadPort(lookupEnv)
+		if err != nil {
+			return err
+		}
+		*base = "http://127.0.0.1:" + strconv.Itoa(port)
+	}
+	target := strings.TrimSuffix(*base, "/")
+	if !strings.HasSuffix(target, "/health/ready") {
+		target += "/health/ready"
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return &usageError{fmt.Sprintf("healthcheck: bad --url: %v", err)}
+	}
+	client := &http.Client{Transport: &http.Transport{}} // no proxy for a local probe
+	resp, err := client.Do(req)
+	if err != nil {
+		fmt.Fprintf(stdout, "not ready: %s: %v\n", target, err)
+		return exitStatus(1)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stdout, "not ready: %s answered %d\n", target, resp.StatusCode)
+		return exitStatus(1)
+	}
+	fmt.Fprintf(stdout, "ready: %s answered 200\n", target)
+	return nil
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -70,4 +73,50 @@ func (e *every) allow() bool {
 	now := time.Now().UnixNano()
 	next := e.next.Load()
 	return now >= next && e.next.CompareAndSwap(next, now+int64(e.interval))
+}
+
+// logFile is LOG_FILE: an append-only file that reopen replaces with a fresh
+// one at the same path, so that logrotate can move the old one away (SIGHUP).
+// A line written between the move and the reopen lands in the moved file:
+// nothing is lost.
+type logFile struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+// openLogFile opens path for appending, creating it with mode 0640.
+func openLogFile(path string) (*logFile, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("LOG_FILE: %w", err)
+	}
+	return &logFile{path: path, f: f}, nil
+}
+
+func (l *logFile) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Write(p)
+}
+
+// reopen switches to a new file at the same path. On failure the current
+// file stays in use.
+func (l *logFile) reopen() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	old := l.f
+	l.f = f
+	l.mu.Unlock()
+	return old.Close()
+}
+
+// Close closes the current file.
+func (l *logFile) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Close()
 }

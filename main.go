@@ -12,22 +12,38 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// buildVersion is the version built into the binary; a release build stamps
-// another with -ldflags "-X main.buildVersion=…".
-var buildVersion = "0.1.0"
+// The version, commit and build date built into the binary. `make build`
+// stamps them with -ldflags "-X main.buildVersion=…"; a plain go build keeps
+// the version and falls back to the module's build info for the rest.
+var (
+	buildVersion = "0.1.0"
+	buildCommit  = ""
+	buildDate    = ""
+)
 
 // usage is printed for a bad command line.
 const usage = `usage: zenspa [command]
 
 commands:
-  serve     load the configuration, connect and serve HTTP (the default)
-  version   print the version and exit
+  serve        load the configuration, connect and serve HTTP (the default)
+  healthcheck  [--url URL] [--timeout 3s] exit 0 when the local instance is ready
+  version      print the version, commit and build date
+  migrate      change the database schema; subcommands:
+    up             apply every pending migration, in order
+    down [N]       roll back the last N applied migrations (default 1)
+    status         list migrations: applied when, or pending; ! marks trouble
+    force VERSION  settle a dirty database after repairing it by hand
+    new NAME       create the next-numbered up/down pair in schema/ (source checkout)
+    up and down take --allow-drift to go past applied migrations whose files
+    changed or are gone.
 
 Configuration comes from the environment and .env (see README.md).
 `
@@ -35,10 +51,19 @@ Configuration comes from the environment and .env (see README.md).
 func main() {
 	err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zenspa: %v\n", err)
+		var status exitStatus
+		if !errors.As(err, &status) {
+			fmt.Fprintf(os.Stderr, "zenspa: %v\n", err)
+		}
 		os.Exit(exitCode(err))
 	}
 }
+
+// exitStatus ends the program with a status and no further message: the
+// command has already said what happened.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // usageError is a bad command line: exit code 2.
 type usageError struct{ msg string }
@@ -49,7 +74,11 @@ func (e *usageError) Error() string { return e.msg }
 func exitCode(err error) int {
 	var ue *usageError
 	var ce *configError
-	if errors.As(err, &ue) || errors.As(err, &ce) {
+	var status exitStatus
+	switch {
+	case errors.As(err, &status):
+		return int(status)
+	case errors.As(err, &ue) || errors.As(err, &ce):
 		return 2
 	}
 	return 1
@@ -70,8 +99,13 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		}
 		return serve(ctx, lookupEnv, stdout)
 	case "version":
-		fmt.Fprintln(stdout, buildVersion)
+		version, commit, date := versionInfo()
+		fmt.Fprintf(stdout, "zenspa %s (commit %s, built %s, %s)\n", version, commit, date, runtime.Version())
 		return nil
+	case "healthcheck":
+		return healthcheck(ctx, args, lookupEnv, stdout, stderr)
+	case "migrate":
+		return runMigrate(ctx, args, lookupEnv, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -92,8 +126,34 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	if err != nil {
 		return err
 	}
-	log := newLogger(stdout, cfg.Environment, cfg.LogLevel)
+	logOut := stdout
+	if cfg.LogFile != "" {
+		f, err := openLogFile(cfg.LogFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		logOut = f
+	}
+	log := newLogger(logOut, cfg.Environment, cfg.LogLevel)
 	log.Debug("configuration loaded", "config", cfg)
+
+	// SIGHUP reopens LOG_FILE after logrotate moved it; without LOG_FILE it
+	// is ignored rather than ending the process, its default.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if f, ok := logOut.(*logFile); ok {
+				if err := f.reopen(); err != nil {
+					log.Error("cannot reopen LOG_FILE, still writing to the old file", "error", err)
+					continue
+				}
+				log.Info("log file reopened", "path", cfg.LogFile)
+			}
+		}
+	}()
 
 	db, err := openDatabase(cfg, log)
 	if err != nil {
@@ -106,6 +166,15 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 			return nil
 		}
 		return err
+	}
+	if cfg.MigrateOnStart {
+		if err := migrateOnStart(ctx, cfg, log); err != nil {
+			if ctx.Err() != nil {
+				log.Info("stopped before startup finished")
+				return nil
+			}
+			return err
+		}
 	}
 
 	cache := newCache(cfg, log)
@@ -133,10 +202,17 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("zenspa started",
-		"name", cfg.AppName, "version", cfg.AppVersion, "environment", cfg.Environment,
+	version, commit, _ := versionInfo()
+	attrs := []any{"name", cfg.AppName, "version", cfg.AppVersion, "environment", cfg.Environment,
 		"addr", ln.Addr().String(), "database", db.target.String(),
-		"startup_ms", time.Since(started).Milliseconds())
+		"startup_ms", time.Since(started).Milliseconds()}
+	if cfg.AppVersion != version {
+		attrs = append(attrs, "build_version", version, "build_commit", commit)
+	}
+	log.Info("zenspa started", attrs...)
+	if err := notifySystemd(lookupEnv, "READY=1"); err != nil {
+		log.Warn("cannot notify systemd", "error", err)
+	}
 
 	select {
 	case err := <-serveErr:
@@ -144,6 +220,9 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	case <-ctx.Done():
 	}
 	stop() // a second signal ends the process at once
+	if err := notifySystemd(lookupEnv, "STOPPING=1"); err != nil {
+		log.Warn("cannot notify systemd", "error", err)
+	}
 
 	log.Info("shutting down", "drain_delay", cfg.ShutdownDrainDelay.String(), "timeout", cfg.ShutdownTimeout.String())
 	s.shuttingDown.Store(true)
@@ -156,6 +235,61 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// versionInfo returns the stamped version, commit and build date, filling
+// what a plain go build left empty from the module's build info.
+func versionInfo() (version, commit, date string) {
+	version, commit, date = buildVersion, buildCommit, buildDate
+	if info, ok := debug.ReadBuildInfo(); ok {
+		modified := false
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if commit == "" {
+					commit = s.Value[:min(12, len(s.Value))]
+				}
+			case "vcs.time":
+				if date == "" {
+					date = s.Value
+				}
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+		if modified && buildCommit == "" && commit != "" {
+			commit += "-dirty"
+		}
+	}
+	if commit == "" {
+		commit = "unknown"
+	}
+	if date == "" {
+		date = "unknown"
+	}
+	return version, commit, date
+}
+
+// notifySystemd sends state ("READY=1", "STOPPING=1") to systemd over the
+// datagram socket in NOTIFY_SOCKET (the sd_notify protocol). Without the
+// variable it does nothing: zenspa is not running under Type=notify.
+func notifySystemd(lookupEnv func(string) (string, bool), state string) error {
+	socket, _ := lookupEnv("NOTIFY_SOCKET")
+	switch {
+	case socket == "":
+		return nil
+	case socket[0] == '@': // an abstract socket
+		socket = "\x00" + socket[1:]
+	case socket[0] != '/':
+		return fmt.Errorf("NOTIFY_SOCKET %q is neither a path nor an abstract socket", socket)
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: socket, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = conn.Write([]byte(state))
+	return err
 }
 
 // server holds what handlers need. There is no global state: tests build as

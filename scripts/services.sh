@@ -95,8 +95,17 @@ ensure_redis() {
 }
 
 ensure_tools() {
+	local missing=()
 	# go test -race needs cgo, so a C compiler.
-	command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
+	command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+	# The deployment tests: PgBouncer in transaction mode, the unit file
+	# checked by systemd-analyze, the logrotate rule parsed by logrotate.
+	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+	command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+	command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+	if [ ${#missing[@]} -gt 0 ]; then
+		apt_install "${missing[@]}"
+	fi
 }
 
 ensure_postgres
