@@ -89,8 +89,12 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		ae = &apiError{Code: codeInternal, Message: genericInternalMessage, Cause: err}
 	}
 	status, ok := statusOf[ae.Code]
-	if !ok {
+	if !ok || status == http.StatusInternalServerError {
 		status = http.StatusInternalServerError
+		if ae.Code != codeInternal || ae.Message != genericInternalMessage || ae.Details != nil {
+			// A 500 always says the same thing; what was meant is logged.
+			ae = &apiError{Code: codeInternal, Message: genericInternalMessage, Cause: err}
+		}
 	}
 	if ae.Cause != nil {
 		level := slog.LevelWarn
@@ -125,7 +129,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
-		body = []byte(`{"status":"error","error":{"code":"INTERNAL_ERROR","message":"` + genericInternalMessage + `","details":null}}`)
+		body, _ = json.Marshal(errorEnvelope{ // cannot fail: strings only
+			Status:    "error",
+			Error:     errorDetail{Code: codeInternal, Message: genericInternalMessage},
+			Timestamp: now(),
+			RequestID: w.Header().Get(headerRequestID),
+		})
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")

@@ -189,7 +189,7 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 			}
 			level := slog.LevelInfo
 			switch {
-			case isProbe(r.URL.Path):
+			case isProbe(r):
 				level = slog.LevelDebug
 			case status >= 500:
 				level = slog.LevelError
@@ -210,9 +210,18 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 	})
 }
 
-// isProbe reports whether path is a health endpoint, which logs at DEBUG.
-func isProbe(path string) bool {
-	return strings.HasPrefix(path, "/health") || strings.HasPrefix(path, "/api/v1/health")
+// isProbe reports whether r is a health probe, a GET or HEAD of a health
+// route, which logs at DEBUG. Anything else on those paths (POST /health,
+// /healthz) is a client's mistake worth seeing at INFO.
+func isProbe(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	switch strings.TrimPrefix(r.URL.Path, "/api/v1") {
+	case "/health", "/health/live", "/health/ready", "/health/db", "/health/redis":
+		return true
+	}
+	return false
 }
 
 // Values sent to an allowed origin's preflight.
