@@ -153,7 +153,7 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 // maxConnectBackoff) in between. The error names the target, never the
 // password.
 func (d *database) connectWithRetry(ctx context.Context, attempts int, backoff, timeout time.Duration) error {
-	wait := backoff
+	wait := min(backoff, maxConnectBackoff)
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, timeout)
 		err := d.selectOne(actx, d.pool)
