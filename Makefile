@@ -11,14 +11,15 @@ COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT) -X main.buildDate=$(DATE)
 
-.PHONY: run test services build vet fmt-check clean
+.PHONY: run test services build vet fmt-check clean tools lint-openapi test-browser fuzz
 
 ## run: start the services, write .env if missing, build and serve on :8000
 run: services .env build
 	./$(BINARY)
 
-## test: the service check, gofmt, go vet, and every test with the race detector
-test: services fmt-check vet
+## test: the service check, gofmt, go vet, the OpenAPI lint, and every test
+## (the browser test of /docs and /redoc included) with the race detector
+test: services tools fmt-check vet lint-openapi
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 services:
@@ -36,6 +37,37 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+
+# Redocly must not phone home: no usage telemetry, no update check.
+REDOCLY := REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true tools/node_modules/.bin/redocly
+
+## tools: the npm packages pinned in tools/package-lock.json (the OpenAPI
+## linter, and the Swagger UI and ReDoc files the browser test serves),
+## installed when missing or when the lock file changes. No install scripts:
+## none of them needs one, and one would send install analytics.
+tools: tools/node_modules/.installed
+
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	npm ci --prefix tools --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+## lint-openapi: openapi.json through the pinned linter; a warning fails too
+lint-openapi: tools
+	$(REDOCLY) lint --extends recommended-strict openapi.json
+
+## test-browser: only the headless Chromium test of /docs and /redoc
+test-browser: services tools
+	$(GO) test -race -count=1 -v -run 'TestDocsBrowser' .
+
+## fuzz: every Go fuzz target (found with go test -list) for FUZZTIME each
+FUZZTIME ?= 60s
+fuzz:
+	@targets=$$($(GO) test -list '^Fuzz' . | grep '^Fuzz'); \
+	if [ -z "$$targets" ]; then echo "fuzz: no fuzz targets found"; exit 1; fi; \
+	for f in $$targets; do \
+		echo "fuzz: $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; \
+	done
 
 clean:
 	rm -f $(BINARY)

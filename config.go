@@ -48,6 +48,10 @@ type config struct {
 	LogFile               string
 	MigrateOnStart        bool
 	MigrateLockTimeout    time.Duration
+	MetricsEnabled        bool   // count requests and serve /metrics
+	MetricsAddr           string // host:port of the private /metrics and pprof listener; empty: /metrics on the main one
+	DocsEnabled           bool   // serve /openapi.json, /docs and /redoc
+	DocsAssetBaseURL      string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
 	configFileDescription string // which .env file was read, for the startup log
 }
 
@@ -96,9 +100,15 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		LogFile:              get("LOG_FILE"),
 		MigrateOnStart:       p.boolean("MIGRATE_ON_START", false),
 		MigrateLockTimeout:   p.duration("MIGRATE_LOCK_TIMEOUT", 60*time.Second, false),
+		MetricsEnabled:       p.boolean("METRICS_ENABLED", true),
+		MetricsAddr:          p.listenAddress("METRICS_ADDR"),
 
 		configFileDescription: source,
 	}
+	// Interactive API docs help everywhere but in production, where they
+	// would show the whole surface to anyone: there they are opt-in.
+	cfg.DocsEnabled = p.boolean("DOCS_ENABLED", cfg.Environment != "production")
+	cfg.DocsAssetBaseURL = p.assetBaseURL("DOCS_ASSET_BASE_URL", defaultDocsAssetBaseURL)
 	if len(p.problems) > 0 {
 		return config{}, &configError{problems: p.problems}
 	}
@@ -575,6 +585,10 @@ func (c config) LogValue() slog.Value {
 		slog.String("redis_password", redisPassword),
 		slog.Duration("health_check_timeout", c.HealthCheckTimeout),
 		slog.Duration("health_cache_ttl", c.HealthCacheTTL),
+		slog.Bool("docs_enabled", c.DocsEnabled),
+		slog.String("docs_asset_base_url", c.DocsAssetBaseURL),
+		slog.Bool("metrics_enabled", c.MetricsEnabled),
+		slog.String("metrics_addr", c.MetricsAddr),
 		slog.String("env_file", c.configFileDescription),
 	)
 }

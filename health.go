@@ -28,6 +28,9 @@ type checker struct {
 	probe   func(context.Context) error
 	log     *slog.Logger
 	warn    every
+	// report, when set before the first check, is told every finished
+	// check: it feeds the dependency metrics.
+	report func(dependency string, res checkResult)
 
 	mu       sync.Mutex
 	last     checkResult
@@ -106,6 +109,9 @@ func (c *checker) run(call *checkCall) {
 	c.mu.Unlock()
 	call.res = res
 	close(call.done)
+	if c.report != nil {
+		c.report(c.name, res)
+	}
 
 	switch {
 	case err != nil && c.warn.allow():

@@ -450,12 +450,13 @@ func TestHTTPAccessLog(t *testing.T) {
 	}
 	t.Run("query string never logged", func(t *testing.T) {
 		t.Parallel()
-		get(t, ts.URL, "/nope?secret=1")
-		get(t, ts.URL, "/health/live?token=secret")
+		// A token of its own: other subtests log "secret" on purpose.
+		get(t, ts.URL, "/nope?qs_token=zz9query")
+		get(t, ts.URL, "/health/live?token=zz9query")
 		id := randomName("last-")
 		do(t, http.MethodGet, ts.URL+"/nope", http.Header{"X-Request-Id": {id}}, nil)
 		waitLogLine(t, logs, "access log of "+id, accessLine(id))
-		if strings.Contains(logs.String(), "secret") {
+		if strings.Contains(logs.String(), "zz9query") {
 			t.Errorf("log contains a query string:\n%s", logs)
 		}
 	})

@@ -186,9 +186,19 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	cancel()
 
 	s := newServer(cfg, log, db, cache)
+	if s.metrics != nil {
+		s.metrics.started = started // before the database retries, not after
+	}
 	ln, err := net.Listen("tcp", cfg.listenAddr())
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.listenAddr(), err)
+	}
+	var privateLn net.Listener // METRICS_ADDR: /metrics and pprof on a listener of their own
+	if s.metrics != nil && cfg.MetricsAddr != "" {
+		if privateLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+		}
 	}
 	srv := &http.Server{
 		Handler:           s.handler(),
@@ -200,14 +210,22 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	var private *http.Server
+	if privateLn != nil {
+		private = s.metricsServer()
+		go func() { serveErr <- private.Serve(privateLn) }()
+	}
 	version, commit, _ := versionInfo()
 	attrs := []any{"name", cfg.AppName, "version", cfg.AppVersion, "environment", cfg.Environment,
 		"addr", ln.Addr().String(), "database", db.target.String(),
 		"startup_ms", time.Since(started).Milliseconds()}
 	if cfg.AppVersion != version {
 		attrs = append(attrs, "build_version", version, "build_commit", commit)
+	}
+	if privateLn != nil {
+		attrs = append(attrs, "metrics_addr", privateLn.Addr().String())
 	}
 	log.Info("zenspa started", attrs...)
 	if err := notifySystemd(lookupEnv, "READY=1"); err != nil {
@@ -229,7 +247,12 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	time.Sleep(cfg.ShutdownDrainDelay)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	// The private listener closes last, so scrapes go on while requests drain.
+	shutdownErr := srv.Shutdown(sctx)
+	if private != nil && private.Shutdown(sctx) != nil {
+		_ = private.Close() // a profile still running at the deadline is cut
+	}
+	if err := shutdownErr; err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("requests still running after SHUTDOWN_TIMEOUT (%s) were cut: %w", cfg.ShutdownTimeout, err)
 	}
@@ -301,12 +324,14 @@ type server struct {
 	cache        *cache
 	dbCheck      *checker
 	redisCheck   *checker
+	metrics      *metrics // nil when METRICS_ENABLED is false
 	shuttingDown atomic.Bool
 }
 
-// newServer wires the dependency checks to the pools.
+// newServer wires the dependency checks to the pools and, unless
+// METRICS_ENABLED is false, to the metrics.
 func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server {
-	return &server{
+	s := &server{
 		cfg:        cfg,
 		log:        log,
 		db:         db,
@@ -314,29 +339,73 @@ func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server
 		dbCheck:    newChecker("postgresql", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, db.ping),
 		redisCheck: newChecker("redis", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, cache.ping),
 	}
+	if cfg.MetricsEnabled {
+		s.metrics = newMetrics(s.dbCheck.name, s.redisCheck.name)
+		s.dbCheck.report = s.metrics.observeCheck
+		s.redisCheck.report = s.metrics.observeCheck
+	}
+	return s
 }
 
-// routes lists every route. GET patterns answer HEAD too. Later domain
-// routers mount under /api/v1.
-func (s *server) routes() http.Handler {
+// route is one Go 1.22 pattern and its handler.
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// routeTable lists every route. GET patterns answer HEAD too. Later domain
+// routers mount under /api/v1. routes registers exactly this table and the
+// OpenAPI drift test reads it, so no route goes undocumented.
+func (s *server) routeTable() []route {
 	health, live, ready := s.handleHealth(), s.handleHealth(), s.handleReady()
 	healthDB, healthRedis := s.handleHealthDB(), s.handleHealthRedis()
 
+	table := []route{
+		{"GET /{$}", s.handleIndex()},
+		{"GET /health", health},
+		{"GET /health/live", live},
+		{"GET /health/ready", ready},
+		{"GET /health/db", healthDB},
+		{"GET /health/redis", healthRedis},
+		{"GET /api/v1/health", health},
+		{"GET /api/v1/health/live", live},
+		{"GET /api/v1/health/ready", ready},
+		{"GET /api/v1/health/db", healthDB},
+		{"GET /api/v1/health/redis", healthRedis},
+	}
+	if s.cfg.DocsEnabled { // otherwise they answer 404 like any unknown path
+		table = append(table,
+			route{"GET /openapi.json", s.handleOpenAPI()},
+			route{"GET /docs", s.handleSwaggerUI()},
+			route{"GET /docs/init.js", handleScript(swaggerInitScript)},
+			route{"GET /redoc", s.handleRedoc()},
+			route{"GET /redoc/init.js", handleScript(redocInitScript)},
+		)
+	}
+	if s.metrics != nil && s.cfg.MetricsAddr == "" { // with METRICS_ADDR, only the private listener has it
+		table = append(table, route{metricsPattern, s.handleMetrics()})
+	}
+	return table
+}
+
+// routes serves routeTable; what matches none of it gets handleUnmatched.
+func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /{$}", s.handleIndex())
-	mux.Handle("GET /health", health)
-	mux.Handle("GET /health/live", live)
-	mux.Handle("GET /health/ready", ready)
-	mux.Handle("GET /health/db", healthDB)
-	mux.Handle("GET /health/redis", healthRedis)
-	mux.Handle("GET /api/v1/health", health)
-	mux.Handle("GET /api/v1/health/live", live)
-	mux.Handle("GET /api/v1/health/ready", ready)
-	mux.Handle("GET /api/v1/health/db", healthDB)
-	mux.Handle("GET /api/v1/health/redis", healthRedis)
+	for _, rt := range s.routeTable() {
+		mux.Handle(rt.pattern, rt.handler)
+		s.metrics.addRoute(rt.pattern)
+	}
 	mux.Handle("/", s.handleUnmatched(mux))
 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A request-target that is not a path ("GET *", "CONNECT host:443",
+		// an opaque URI) names nothing here. ServeMux would answer it itself,
+		// outside the envelope: a bare 400, a text/plain 405 or a redirect
+		// with an HTML body.
+		if !strings.HasPrefix(r.URL.Path, "/") {
+			s.writeError(w, r, newError(codeNotFound, "The requested resource was not found"))
+			return
+		}
 		// ServeMux answers an unclean path ("//health") with a redirect, and
 		// http.Redirect leaves out its HTML body when a Content-Type is set.
 		if p := r.URL.Path; strings.Contains(p, "//") || strings.Contains(p, "/.") {

@@ -20,15 +20,18 @@ const maxBodyBytes = 1 << 20
 const headerRequestID = "X-Request-ID"
 
 // handler wraps the routes in the middleware chain. Outermost first: recover,
-// request ID, security headers, access log, CORS, body limit, routes. Recover
-// is outermost so that a panic anywhere still gets an envelope; the request ID
-// comes next so that everything after it can log and answer with it.
+// request ID, metrics, security headers, access log, CORS, body limit, routes.
+// Recover is outermost so that a panic anywhere still gets an envelope; the
+// request ID comes next so that everything after it can log and answer with
+// it. Metrics come right after it: they read the route pattern ServeMux
+// stores in the request, so no later middleware may replace the request.
 func (s *server) handler() http.Handler {
 	h := s.routes()
 	h = limitBody(s, h)
 	h = s.cors(h)
 	h = s.accessLog(h)
 	h = securityHeaders(h)
+	h = s.recordMetrics(h)
 	h = requestID(h)
 	h = s.recoverPanics(h)
 	return h
@@ -211,9 +214,13 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 }
 
 // isProbe reports whether r is a health probe, a GET or HEAD of a health
-// route, which logs at DEBUG. Anything else on those paths (POST /health,
-// /healthz) is a client's mistake worth seeing at INFO.
+// route, or a scrape that /metrics answered, which log at DEBUG. Anything
+// else on those paths (POST /health, /healthz, /metrics where it answers
+// 404) is a client's mistake worth seeing at INFO.
 func isProbe(r *http.Request) bool {
+	if r.Pattern == metricsPattern { // set by ServeMux once the routes have run
+		return true
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
 	}

@@ -103,6 +103,16 @@ ensure_tools() {
 	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 	command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 	command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+	# The docs: npm installs the pinned OpenAPI linter and UI packages
+	# (`make tools`); headless Chromium, driven through chromedriver, opens
+	# /docs and /redoc.
+	command -v node >/dev/null 2>&1 || missing+=(nodejs)
+	command -v npm >/dev/null 2>&1 || missing+=(npm)
+	[ -x /usr/bin/chromium ] || missing+=(chromium)
+	command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+	# The metrics test lints a /metrics scrape with promtool, which Debian
+	# ships in the prometheus package.
+	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 	if [ ${#missing[@]} -gt 0 ]; then
 		apt_install "${missing[@]}"
 	fi

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The browser test opens /docs and /redoc in headless Chromium, driven
+// through chromedriver's W3C WebDriver HTTP API, with the UI packages served
+// from tools/node_modules by a local asset server standing in for the CDN.
+
+// chromiumBinary is where Debian's chromium package puts the browser.
+const chromiumBinary = "/usr/bin/chromium"
+
+// artifactsDir keeps the screenshots of the last run (git-ignored).
+const artifactsDir = "testdata/artifacts"
+
+// TestDocsBrowser checks that each page shows every documented path and logs
+// no console error, and that a tampered asset is refused: the SRI hashes are
+// enforced, not decoration.
+func TestDocsBrowser(t *testing.T) {
+	if _, err := os.Stat(chromiumBinary); err != nil {
+		t.Fatalf("Chromium is not installed at %s: run `make services` (it installs the chromium package)", chromiumBinary)
+	}
+	driverPath, err := exec.LookPath("chromedriver")
+	if err != nil {
+		t.Fatalf("chromedriver is not installed: run `make services` (it installs the chromium-driver package)")
+	}
+	requireRedis(t)
+	modules := toolsModules(t)
+	if err := os.MkdirAll(artifactsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	paths := documentedPaths(t)
+	dbURL := newTestDatabase(t)
+
+	assets := startAssetServer(t, modules, false)
+	s, _ := newTestServer(t, testConfig(t, dbURL, "DOCS_ASSET_BASE_URL="+assets.URL))
+	app := startTestServer(t, s)
+	tampered := startAssetServer(t, modules, true)
+	st, _ := newTestServer(t, testConfig(t, dbURL, "DOCS_ASSET_BASE_URL="+tampered.URL))
+	tamperedApp := startTestServer(t, st)
+
+	wd := startChromeDriver(t, driverPath)
+
+	for _, page := range []string{"/docs", "/redoc"} {
+		name := strings.TrimPrefix(page, "/")
+		t.Run(name, func(t *testing.T) {
+			b := wd.newSession(t)
+			b.open(t, app.URL+page)
+			text, missing := b.waitForPaths(t, paths, 30*time.Second)
+			b.screenshot(t, filepath.Join(artifactsDir, name+".png"))
+			if len(missing) > 0 {
+				t.Errorf("%s does not show %q after 30 s; page text:\n%s", page, missing, text)
+			}
+			for _, e := range b.consoleLog(t) {
+				switch {
+				case e.Level == "SEVERE" && refusedOnPurpose.MatchString(e.Message):
+					t.Logf("%s console: refused on purpose: %s", page, e.Message)
+				case e.Level == "SEVERE":
+					t.Errorf("%s logged a console error: %s", page, e.Message)
+				default:
+					t.Logf("%s console %s: %s", page, e.Level, e.Message)
+				}
+			}
+			if got := assets.hits(); got == 0 {
+				t.Errorf("%s loaded nothing from DOCS_ASSET_BASE_URL %s", page, assets.URL)
+			}
+		})
+
+		t.Run(name+" with a tampered asset", func(t *testing.T) {
+			b := wd.newSession(t)
+			b.open(t, tamperedApp.URL+page)
+			// The refusal is logged at once; give a UI that somehow ran the
+			// time it would need to draw.
+			_, missing := b.waitForPaths(t, paths, 3*time.Second)
+			b.screenshot(t, filepath.Join(artifactsDir, name+"-tampered.png"))
+			if len(missing) == 0 {
+				t.Errorf("%s drew the documentation with a tampered asset: SRI is not enforced", page)
+			}
+			refused := false
+			for _, e := range b.consoleLog(t) {
+				if e.Level == "SEVERE" && strings.Contains(e.Message, "integrity") {
+					refused = true
+				}
+			}
+			if !refused {
+				t.Errorf("%s with a tampered asset logged no integrity error", page)
+			}
+		})
+	}
+}
+
+// refusedOnPurpose is the one console error the pages may log: ReDoc always
+// draws a "by Redocly" logo fetched from its vendor's server, and the page's
+// Content-Security-Policy refuses that third-party request (ReDoc then hides
+// the image). Anything else the browser reports is a failure.
+var refusedOnPurpose = regexp.MustCompile(`^\S+/redoc - Loading the image 'https://cdn\.redoc\.ly/redoc/logo-mini\.svg' violates the following Content Security Policy directive: "img-src data:"\. The action has been blocked\.$`)
+
+// documentedPaths lists the paths in openapi.json.
+func documentedPaths(t testing.TB) []string {
+	t.Helper()
+	var doc struct{ Paths map[string]any }
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for p := range doc.Paths {
+		paths = append(paths, p)
+	}
+	return paths
+}
+
+// assetServer serves BASE/PACKAGE@VERSION/FILE from tools/node_modules, the
+// layout of the public CDN, with the CORS header the pages' crossorigin
+// attribute needs. A tampering server adds a comment to every file it
+// serves, which changes no behaviour but every hash.
+type assetServer struct {
+	*httptest.Server
+	mu    sync.Mutex
+	count int
+}
+
+// hits is how many files the server has served.
+func (a *assetServer) hits() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.count
+}
+
+// startAssetServer starts an asset server, closed at cleanup.
+func startAssetServer(t testing.TB, modules string, tamper bool) *assetServer {
+	t.Helper()
+	a := &assetServer{}
+	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		spec, file, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		pkg, version, _ := strings.Cut(spec, "@")
+		var meta struct{ Version string }
+		b, err := os.ReadFile(filepath.Join(modules, pkg, "package.json"))
+		if err != nil || json.Unmarshal(b, &meta) != nil || meta.Version != version || strings.Contains(file, "..") {
+			http.NotFound(w, r)
+			return
+		}
+		body, err := os.ReadFile(filepath.Join(modules, pkg, filepath.FromSlash(file)))
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		if tamper {
+			body = append(body, "\n/* tampered */\n"...)
+		}
+		a.mu.Lock()
+		a.count++
+		a.mu.Unlock()
+		contentType := "text/javascript"
+		if strings.HasSuffix(file, ".css") {
+			contentType = "text/css"
+		}
+		w.Header().Set("Content-Type", contentType)
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(a.Close)
+	return a
+}
+
+// webDriver is a chromedriver process we started, at base.
+type webDriver struct {
+	base   string
+	client *http.Client
+}
+
+// startChromeDriver starts chromedriver on a free port and waits until it
+// is ready; it is killed (by its PID) at cleanup, after the sessions end.
+func startChromeDriver(t *testing.T, path string) *webDriver {
+	t.Helper()
+	port := freePort(t)
+	logPath := filepath.Join(t.TempDir(), "chromedriver.log")
+	cmd := exec.Command(path, "--port="+strconv.Itoa(port), "--log-path="+logPath)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start chromedriver: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			if b, err := os.ReadFile(logPath); err == nil {
+				t.Logf("chromedriver log (last 4 KiB):\n%s", b[max(0, len(b)-4096):])
+			}
+		}
+	})
+	wd := &webDriver{base: fmt.Sprintf("http://127.0.0.1:%d", port), client: &http.Client{Timeout: 60 * time.Second}}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var status struct{ Ready bool }
+		if err := wd.call(http.MethodGet, "/status", nil, &status); err == nil && status.Ready {
+			return wd
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("chromedriver on port %d was not ready after 15 s", port)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// call sends one WebDriver command and decodes the "value" of the answer
+// into out (when not nil). A WebDriver error comes back as an error.
+func (wd *webDriver) call(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, wd.base+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := wd.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var answer struct{ Value json.RawMessage }
+	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil {
+		return fmt.Errorf("%s %s: %d, undecodable answer: %v", method, path, resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error, Message string }
+		_ = json.Unmarshal(answer.Value, &e)
+		return fmt.Errorf("%s %s: %d %s: %s", method, path, resp.StatusCode, e.Error, e.Message)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(answer.Value, out)
+}
+
+// browser is one WebDriver session: one fresh Chromium.
+type browser struct {
+	wd *webDriver
+	id string
+}
+
+// newSession starts a headless Chromium with a profile of its own and its
+// console log recorded; the session ends at cleanup. The networking flags
+// keep Chromium from calling home, which this machine's closed network
+// answers with refusals that would show up as errors.
+func (wd *webDriver) newSession(t *testing.T) *browser {
+	t.Helper()
+	args := []string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--disable-dev-shm-usage", "--window-size=1280,1600",
+		"--user-data-dir=" + t.TempDir(),
+	}
+	caps := map[string]any{"capabilities": map[string]any{"alwaysMatch": map[string]any{
+		"browserName":        "chrome",
+		"goog:chromeOptions": map[string]any{"binary": chromiumBinary, "args": args},
+		"goog:loggingPrefs":  map[string]string{"browser": "ALL"},
+	}}}
+	var session struct{ SessionID string }
+	if err := wd.call(http.MethodPost, "/session", caps, &session); err != nil {
+		t.Fatalf("new WebDriver session: %v", err)
+	}
+	b := &browser{wd: wd, id: session.SessionID}
+	t.Cleanup(func() { _ = wd.call(http.MethodDelete, "/session/"+b.id, nil, nil) })
+	return b
+}
+
+// open navigates to target and waits for its load event.
+func (b *browser) open(t testing.TB, target string) {
+	t.Helper()
+	if err := b.wd.call(http.MethodPost, "/session/"+b.id+"/url", map[string]string{"url": target}, nil); err != nil {
+		t.Fatalf("open %s: %v", target, err)
+	}
+}
+
+// text is the rendered text of the page, as a reader sees it. Swagger UI
+// puts zero-width spaces into paths as line-break hints; they are removed.
+func (b *browser) text(t testing.TB) string {
+	t.Helper()
+	var text string
+	script := map[string]any{"script": "return document.body ? document.body.innerText : '';", "args": []any{}}
+	if err := b.wd.call(http.MethodPost, "/session/"+b.id+"/execute/sync", script, &text); err != nil {
+		t.Fatalf("read the page text: %v", err)
+	}
+	return strings.ReplaceAll(text, "\u200b", "")
+}
+
+// waitForPaths polls the page text until it shows every path, or limit
+// passes, and returns the last text and the paths it lacks.
+func (b *browser) waitForPaths(t testing.TB, paths []string, limit time.Duration) (string, []string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		text := b.text(t)
+		var missing []string
+		for _, p := range paths {
+			if !showsPath(text, p) {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return text, missing
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// showsPath reports whether text shows path as a path of its own: "/health"
+// is not found inside "/api/v1/health" or "/health/db". The UIs write the
+// method right before the path ("GET /health", "get/health"), so a method
+// name may precede it.
+func showsPath(text, path string) bool {
+	re := regexp.MustCompile(`(?i)(?:^|\s|get|head)` + regexp.QuoteMeta(path) + `(?:$|\s)`)
+	return re.MatchString(text)
+}
+
+// logEntry is one line of the browser's console log.
+type logEntry struct {
+	Level   string
+	Message string
+}
+
+// consoleLog returns the console lines logged since the last call.
+func (b *browser) consoleLog(t testing.TB) []logEntry {
+	t.Helper()
+	var entries []logEntry
+	if err := b.wd.call(http.MethodPost, "/session/"+b.id+"/se/log", map[string]string{"type": "browser"}, &entries); err != nil {
+		t.Fatalf("read the console log: %v", err)
+	}
+	return entries
+}
+
+// screenshot saves the visible part of the page as a PNG.
+func (b *browser) screenshot(t testing.TB, name string) {
+	t.Helper()
+	var encoded string
+	if err := b.wd.call(http.MethodGet, "/session/"+b.id+"/screenshot", nil, &encoded); err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	png, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	if err := os.WriteFile(name, png, 0o644); err != nil {
+		t.Errorf("screenshot: %v", err)
+		return
+	}
+	t.Logf("screenshot: %s", name)
+}

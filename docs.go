@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// openAPIDocument is the hand-written OpenAPI 3.1 description of every route.
+// Its info.version is a placeholder: handleOpenAPI puts APP_VERSION there.
+//
+//go:embed openapi.json
+var openAPIDocument []byte
+
+// defaultDocsAssetBaseURL is a public CDN that serves npm packages by version
+// under BASE/PACKAGE@VERSION/FILE. DOCS_ASSET_BASE_URL replaces it with a
+// copy of the same layout, for sites that cannot reach the internet.
+const defaultDocsAssetBaseURL = "https://cdn.jsdelivr.net/npm"
+
+// docsAsset is one file the documentation pages load from the asset base URL.
+type docsAsset struct {
+	pkg, version, file string
+	// integrity is the Subresource Integrity hash of the exact file in the
+	// npm package: a copy that differs in one byte is refused by the browser.
+	integrity string
+}
+
+// url is where the browser fetches the asset from.
+func (a docsAsset) url(base string) string {
+	return base + "/" + a.pkg + "@" + a.version + "/" + a.file
+}
+
+// The pinned UI packages, one place for their versions and hashes. They must
+// match tools/package.json, whose files TestDocsAssetsMatchPinnedPackages
+// hashes; to upgrade, change both and run `make test`, which names the new
+// hashes.
+var (
+	swaggerUIScript = docsAsset{"swagger-ui-dist", "5.35.0", "swagger-ui-bundle.js",
+		"sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9"}
+	swaggerUIStyle = docsAsset{"swagger-ui-dist", "5.35.0", "swagger-ui.css",
+		"sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I"}
+	redocScript = docsAsset{"redoc", "2.5.4", "bundles/redoc.standalone.js",
+		"sha384-w447zOpYfw/1Tv/5AK9NfHTlQIqE3RVR6KY62jCyy9zNDgO64cMwGGP1Fj0zJVf5"}
+)
+
+// handleSwaggerUI serves /docs: Swagger UI on /openapi.json.
+func (s *server) handleSwaggerUI() http.Handler {
+	base := s.cfg.DocsAssetBaseURL
+	return s.handleDocsPage(base, docsPage{
+		Title:   s.cfg.AppName + " API (Swagger UI)",
+		MountID: "swagger-ui",
+		Styles:  []docsAsset{swaggerUIStyle},
+		Scripts: []docsAsset{swaggerUIScript},
+		Init:    "/docs/init.js",
+		// Swagger UI draws its icons from data: URLs in its stylesheet.
+		CSP: "default-src 'none'; script-src 'self' " + swaggerUIScript.url(base) +
+			"; style-src " + swaggerUIStyle.url(base) +
+			"; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+	})
+}
+
+// handleRedoc serves /redoc: ReDoc on /openapi.json.
+func (s *server) handleRedoc() http.Handler {
+	base := s.cfg.DocsAssetBaseURL
+	return s.handleDocsPage(base, docsPage{
+		Title:   s.cfg.AppName + " API (ReDoc)",
+		MountID: "redoc",
+		Scripts: []docsAsset{redocScript},
+		Init:    "/redoc/init.js",
+		// ReDoc styles itself with <style> elements it creates at run time
+		// (styled-components) and builds its search index in a worker
+		// started from a blob: URL.
+		CSP: "default-src 'none'; script-src 'self' " + redocScript.url(base) +
+			"; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; worker-src blob:" +
+			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+	})
+}
+
+// handleOpenAPI serves the OpenAPI document with info.version set to
+// APP_VERSION, rewritten once here rather than on every request.
+func (s *server) handleOpenAPI() http.Handler {
+	doc, err := withInfoVersion(openAPIDocument, s.cfg.AppVersion)
+	if err != nil {
+		// Only a broken embedded document gets here, which the tests catch;
+		// the route answers 500 rather than taking the server down.
+		err = fmt.Errorf("openapi.json: %w", err)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, err) })
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, doc)
+	})
+}
+
+// withInfoVersion returns doc with info.version replaced, every member left
+// in the order it was written, so that the document reads as it does in the
+// source and the UIs list the routes in that order.
+func withInfoVersion(doc []byte, version string) (json.RawMessage, error) {
+	v, err := json.Marshal(version)
+	if err != nil {
+		return nil, err
+	}
+	return replaceMember(doc, "info", func(info json.RawMessage) (json.RawMessage, error) {
+		return replaceMember(info, "version", func(json.RawMessage) (json.RawMessage, error) { return v, nil })
+	})
+}
+
+// replaceMember returns the JSON object obj with the value of its member key
+// replaced by fn(value), keeping the order of the members.
+func replaceMember(obj []byte, key string, fn func(json.RawMessage) (json.RawMessage, error)) (json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	var out bytes.Buffer
+	out.WriteByte('{')
+	found := false
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil, err
+		}
+		name := tok.(string) // an object's keys are strings
+		if name == key {
+			if value, err = fn(value); err != nil {
+				return nil, fmt.Errorf("%s: %w", key, err)
+			}
+			found = true
+		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		k, _ := json.Marshal(name)
+		out.Write(k)
+		out.WriteByte(':')
+		out.Write(value)
+	}
+	if !found {
+		return nil, fmt.Errorf("no member %q", key)
+	}
+	out.WriteByte('}')
+	return out.Bytes(), nil
+}
+
+// docsPage is what sets one documentation page apart from the other.
+type docsPage struct {
+	Title   string
+	MountID string      // the element the UI draws into
+	Styles  []docsAsset // loaded with SRI from the asset base URL
+	Scripts []docsAsset // likewise, before Init
+	Init    string      // our script that starts the UI, served from the binary
+	CSP     string
+}
+
+// docsPageTemplate is the HTML of both pages. It has no inline script or
+// style, so that the Content-Security-Policy can forbid them.
+var docsPageTemplate = template.Must(template.New("docs").Parse(`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{.Page.Title}}</title>
+<link rel="icon" href="data:,">
+{{- range .Styles}}
+<link rel="stylesheet" href="{{.URL}}" integrity="{{.Integrity}}" crossorigin="anonymous">
+{{- end}}
+</head>
+<body>
+<div id="{{.Page.MountID}}"></div>
+{{- range .Scripts}}
+<script src="{{.URL}}" integrity="{{.Integrity}}" crossorigin="anonymous"></script>
+{{- end}}
+<script src="{{.Page.Init}}"></script>
+</body>
+</html>
+`))
+
+// assetLink is an asset as the template writes it.
+type assetLink struct{ URL, Integrity string }
+
+// handleDocsPage renders page once and serves it as HTML with its
+// Content-Security-Policy.
+func (s *server) handleDocsPage(base string, page docsPage) http.Handler {
+	links := func(assets []docsAsset) []assetLink {
+		out := make([]assetLink, len(assets))
+		for i, a := range assets {
+			out[i] = assetLink{URL: a.url(base), Integrity: a.integrity}
+		}
+		return out
+	}
+	var html bytes.Buffer
+	err := docsPageTemplate.Execute(&html, struct {
+		Page            docsPage
+		Styles, Scripts []assetLink
+	}{page, links(page.Styles), links(page.Scripts)})
+	if err != nil {
+		err = fmt.Errorf("docs page %q: %w", page.Title, err)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, err) })
+	}
+	body := html.Bytes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", page.CSP)
+		writeBody(w, "text/html; charset=utf-8", body)
+	})
+}
+
+// swaggerInitScript starts Swagger UI on our document. validatorUrl: null
+// keeps it from sending the document to an online validator.
+const swaggerInitScript = `"use strict";
+window.ui = SwaggerUIBundle({
+  url: "/openapi.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  validatorUrl: null
+});
+`
+
+// redocInitScript starts ReDoc on our document.
+const redocInitScript = `"use strict";
+Redoc.init("/openapi.json", {}, document.getElementById("redoc"));
+`
+
+// handleScript serves one of the init scripts above.
+func handleScript(script string) http.Handler {
+	body := []byte(script)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeBody(w, "text/javascript; charset=utf-8", body)
+	})
+}
+
+// writeBody sends a 200 with a body that is not JSON: the documentation
+// pages and their scripts. Everything else goes through writeJSON.
+func writeBody(w http.ResponseWriter, contentType string, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body) // the client may be gone; nothing to do about it
+}
+
+// assetBaseURL reads DOCS_ASSET_BASE_URL: an http or https URL with no query,
+// fragment or credentials, and none of the characters that would end a
+// source in the pages' Content-Security-Policy. It is returned without its
+// trailing slash.
+func (p *parser) assetBaseURL(key, def string) string {
+	v := strings.TrimRight(p.str(key, def), "/")
+	u, err := url.Parse(v)
+	switch {
+	// These two are not quoted: the value may hold a password.
+	case err != nil:
+		p.fail(key, "is not a valid URL")
+	case u.User != nil:
+		p.fail(key, "must not hold credentials")
+	case u.Scheme != "http" && u.Scheme != "https":
+		p.fail(key, "must start with http:// or https://, got %q", v)
+	case u.Host == "":
+		p.fail(key, "has no host, got %q", v)
+	case u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(v, "?#"):
+		p.fail(key, "must not have a query or a fragment, got %q", v)
+	case strings.ContainsAny(v, ";,'\" \t\r\n"):
+		p.fail(key, "must not contain ; , quotes or spaces, got %q", v)
+	default:
+		return v
+	}
+	return def
+}
