@@ -94,7 +94,7 @@ func TestOpenAPIDocumentCoversRoutes(t *testing.T) {
 	}
 
 	registered := func(kv ...string) map[string]bool {
-		cfg := testConfig(t, "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa?sslmode=disable", kv...)
+		cfg := testConfig(t, adminDatabaseURL(), kv...)
 		s, _ := newTestServer(t, cfg)
 		routes := map[string]bool{}
 		for _, rt := range s.routeTable() {
@@ -238,7 +238,7 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 	doc := loadOpenAPI(t)
 	c := schemaChecker{doc: doc}
 	dead := strconv.Itoa(freePort(t))
-	deadDB := "postgres://zenspa:zenspa@127.0.0.1:" + dead + "/zenspa?sslmode=disable"
+	deadDB := "postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:" + dead + "/zenspa?sslmode=disable"
 	servers := []struct {
 		name string
 		kv   []string
@@ -626,7 +626,7 @@ func TestDocsPages(t *testing.T) {
 // TestDocsConfig covers DOCS_ENABLED, whose default depends on ENVIRONMENT,
 // and the checks on DOCS_ASSET_BASE_URL.
 func TestDocsConfig(t *testing.T) {
-	db := "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa?sslmode=disable"
+	db := adminDatabaseURL()
 	enabled := []struct {
 		kv   []string
 		want bool

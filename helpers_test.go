@@ -29,8 +29,18 @@ import (
 // `make test` starts (scripts/services.sh); a missing service fails the test
 // with a message saying what to start, it never skips.
 
-// defaultTestDatabaseURL is the database scripts/services.sh creates.
-const defaultTestDatabaseURL = "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa?sslmode=disable"
+// testDatabasePassword is the password of the zenspa_test role that
+// scripts/services.sh creates for the tests. It is a sentinel: the secret scan
+// in TestMain fails the run if it ever shows up in zenspa's output.
+const testDatabasePassword = "zenspa-test-pw-SENTINEL-7c1e9a"
+
+// defaultTestDatabaseURL reaches the server as zenspa_test, which may create
+// the databases the tests use.
+const defaultTestDatabaseURL = "postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:5432/postgres?sslmode=disable"
+
+// testRedisPassword is the sentinel REDIS_PASSWORD of the private
+// redis-servers the suites start with requirepass.
+const testRedisPassword = "zenspa-redis-pw-SENTINEL-3d8f"
 
 // testRedisAddr is the shared Redis; tests use their own key prefixes there.
 const testRedisAddr = "127.0.0.1:6379"
@@ -149,6 +159,7 @@ type syncBuffer struct {
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
+	scanForSecrets("output", p)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
@@ -315,6 +326,7 @@ func do(t testing.TB, method, target string, header http.Header, body io.Reader)
 	if err != nil {
 		t.Fatalf("%s %s: reading body: %v", method, target, err)
 	}
+	scanForSecrets("response to "+method+" "+target, b)
 	return resp.StatusCode, resp.Header, b
 }
 
@@ -327,4 +339,60 @@ func mustf(t testing.TB, err error, format string, args ...any) {
 	if err != nil {
 		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)
 	}
+}
+
+// The secret scan. Every suite runs with sentinel passwords: the test role's
+// PostgreSQL password in every DATABASE_URL, and testRedisPassword wherever a
+// private redis-server runs with requirepass. Everything zenspa prints into a
+// syncBuffer (in-process logs, child processes' stdout and stderr) and every
+// response body read through do() passes scanForSecrets; TestMain fails the
+// run when a sentinel appeared anywhere, after all tests ran.
+var secretScan struct {
+	mu      sync.Mutex
+	scanned int64
+	leaks   []string
+}
+
+// sentinels are the passwords that must never appear in any output.
+func sentinels() []string {
+	out := []string{testRedisPassword}
+	if u, err := url.Parse(adminDatabaseURL()); err == nil {
+		// A short password (a developer's TEST_DATABASE_URL) would match
+		// ordinary words; the scan is for distinctive sentinels.
+		if p, ok := u.User.Password(); ok && len(p) >= 12 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// scanForSecrets records where a sentinel password appeared in p.
+func scanForSecrets(where string, p []byte) {
+	secretScan.mu.Lock()
+	defer secretScan.mu.Unlock()
+	secretScan.scanned += int64(len(p))
+	for _, s := range sentinels() {
+		if i := bytes.Index(p, []byte(s)); i >= 0 {
+			start := max(0, i-80)
+			excerpt := strings.ReplaceAll(string(p[start:i]), "\n", " ")
+			secretScan.leaks = append(secretScan.leaks, fmt.Sprintf("%s: …%s<SENTINEL>", where, excerpt))
+		}
+	}
+}
+
+// TestMain runs the tests, then the secret scan over all they saw.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	secretScan.mu.Lock()
+	defer secretScan.mu.Unlock()
+	if len(secretScan.leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: secret scan: a sentinel password appeared %d times in zenspa's output or responses:\n", len(secretScan.leaks))
+		for _, l := range secretScan.leaks[:min(20, len(secretScan.leaks))] {
+			fmt.Fprintln(os.Stderr, "  "+l)
+		}
+		code = 1
+	} else if code == 0 {
+		fmt.Printf("secret scan: no sentinel password in %d bytes of output and responses\n", secretScan.scanned)
+	}
+	os.Exit(code)
 }

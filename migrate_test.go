@@ -431,7 +431,7 @@ func TestMigrateBadFiles(t *testing.T) {
 			fsys := migrationFS(t, append(append([]string{}, ok...), tt.files...)...)
 			// Every command refuses, before touching the (here unreachable) database.
 			for _, args := range [][]string{{"up"}, {"down"}, {"status"}, {"force", "1"}, {"new", "x"}} {
-				cmd, stdout, _ := testCommand(t, fsys, "postgres://zenspa:zenspa@127.0.0.1:1/nowhere?sslmode=disable")
+				cmd, stdout, _ := testCommand(t, fsys, "postgres://zenspa_test:"+testDatabasePassword+"@127.0.0.1:1/nowhere?sslmode=disable")
 				err := cmd.run(context.Background(), args)
 				wantErr(t, "migrate "+strings.Join(args, " "), err, append([]string{"bad migration files"}, tt.want...)...)
 				if code := exitCode(err); code != 1 {
@@ -752,7 +752,7 @@ func TestMigrateOnStart(t *testing.T) {
 			} else if relationExists(t, db, "schema_migrations") || relationExists(t, db, "set_updated_at()") {
 				t.Errorf("serve without MIGRATE_ON_START applied migrations")
 			}
-			if strings.Contains(logs.String(), ":zenspa@") {
+			if strings.Contains(logs.String(), testDatabasePassword) {
 				t.Errorf("serve log contains the database password:\n%s", logs.String())
 			}
 
@@ -821,7 +821,7 @@ func TestMigrateCommandLine(t *testing.T) {
 
 	// Connection failures name the target, never the password.
 	for _, bad := range []string{
-		"postgres://zenspa:zenspa@127.0.0.1:1/zenspa?sslmode=disable",
+		"postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:1/zenspa?sslmode=disable",
 		"postgres://zenspa:wrong-secret@127.0.0.1:1/zenspa?sslmode=disable",
 	} {
 		stdout.Reset()
@@ -833,7 +833,7 @@ func TestMigrateCommandLine(t *testing.T) {
 		}
 		fmt.Fprintf(&all, "%s\n%s\n%v\n", stdout.String(), stderr.String(), err)
 	}
-	for _, secret := range []string{":zenspa@", "wrong-secret"} {
+	for _, secret := range []string{testDatabasePassword, "wrong-secret"} {
 		if strings.Contains(all.String(), secret) {
 			t.Errorf("migrate output contains %q:\n%s", secret, all.String())
 		}

@@ -11,6 +11,10 @@ REDIS_PORT=6379
 DB_NAME=zenspa
 DB_USER=zenspa
 DB_PASSWORD=zenspa # a local development password, also in .env.example
+# The tests connect as their own role, whose password is a sentinel that the
+# tests' secret scan looks for in everything zenspa prints (helpers_test.go).
+TEST_USER=zenspa_test
+TEST_PASSWORD=zenspa-test-pw-SENTINEL-7c1e9a
 
 log() { echo "services: $*" >&2; }
 
@@ -63,15 +67,21 @@ ensure_postgres() {
 	fi
 	command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 
-	# The role may create databases: every test gets a database of its own.
-	psql_admin -c "DO \$\$ BEGIN
-		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') THEN
-			CREATE ROLE $DB_USER LOGIN CREATEDB PASSWORD '$DB_PASSWORD';
-		END IF; END \$\$;" >/dev/null
+	# The roles may create databases: every test gets a database of its own.
+	ensure_role "$DB_USER" "$DB_PASSWORD"
+	ensure_role "$TEST_USER" "$TEST_PASSWORD"
 	if [ "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
 		log "creating database $DB_NAME"
 		psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
 	fi
+}
+
+# ensure_role creates a login role that may create databases, if missing.
+ensure_role() {
+	psql_admin -c "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$1') THEN
+			CREATE ROLE $1 LOGIN CREATEDB PASSWORD '$2';
+		END IF; END \$\$;" >/dev/null
 }
 
 # psql_admin runs psql as a superuser: over TCP where the server trusts
