@@ -49,7 +49,7 @@ func openDatabase(cfg config, log *slog.Logger) (*database, error) {
 		return nil, err
 	}
 	d := &database{
-		pool:        sql.OpenDB(main),
+		pool:        sql.OpenDB(boundedConnector{main}),
 		probe:       sql.OpenDB(probe),
 		log:         log,
 		echo:        cfg.DBEcho,
@@ -96,6 +96,37 @@ func scrubSecret(msg, dsn string) string {
 		}
 	}
 	return msg
+}
+
+// boundedConnector gives up on a new connection when the caller's context
+// ends. lib/pq bounds the TCP dial by the context but the startup handshake
+// after it only by connect_timeout, so on a stalled network a request waiting
+// for a pooled connection would wait DB_CONNECT_TIMEOUT instead of
+// DB_POOL_TIMEOUT. The abandoned handshake still ends at connect_timeout, and
+// a connection it completes late is closed.
+type boundedConnector struct{ driver.Connector }
+
+func (c boundedConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	type result struct {
+		conn driver.Conn
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		conn, err := c.Connector.Connect(ctx)
+		done <- result{conn, err}
+	}()
+	select {
+	case r := <-done:
+		return r.conn, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.err == nil { // on failure lib/pq returns a typed nil
+				r.conn.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // deadlineDialer hands lib/pq connections that bound every read.

@@ -210,7 +210,7 @@ func TestHTTPUncleanPaths(t *testing.T) {
 func TestHTTPPanicRecovery(t *testing.T) {
 	t.Parallel()
 	s, logs := newTestServer(t, testConfig(t, noDatabaseURL, "ENVIRONMENT=production"))
-	ts := httptest.NewServer(chainAround(s, panicky(s.routes())))
+	ts := httptest.NewServer(s.chain(panicky(s.routes())))
 	t.Cleanup(ts.Close)
 
 	// serves checks that the server still answers after a panic.
@@ -284,7 +284,7 @@ func TestHTTPPanicRecovery(t *testing.T) {
 func TestHTTPSecurityHeaders(t *testing.T) {
 	t.Parallel()
 	s, _ := newTestServer(t, testConfig(t, noDatabaseURL, "CORS_ORIGINS=http://localhost:3000"))
-	ts := httptest.NewServer(chainAround(s, panicky(s.routes())))
+	ts := httptest.NewServer(s.chain(panicky(s.routes())))
 	t.Cleanup(ts.Close)
 
 	want := [][2]string{
@@ -394,7 +394,7 @@ func TestHTTPRequestID(t *testing.T) {
 func TestHTTPAccessLog(t *testing.T) {
 	t.Parallel()
 	s, logs := newTestServer(t, testConfig(t, noDatabaseURL, "ENVIRONMENT=production", "LOG_LEVEL=DEBUG"))
-	ts := httptest.NewServer(chainAround(s, panicky(s.routes())))
+	ts := httptest.NewServer(s.chain(panicky(s.routes())))
 	t.Cleanup(ts.Close)
 
 	tests := []struct {
@@ -854,12 +854,6 @@ func TestHTTPReadyWhileShuttingDown(t *testing.T) {
 	if status, _, _ := get(t, ts.URL, "/health/live"); status != http.StatusOK {
 		t.Errorf("GET /health/live while shutting down = %d, want 200", status)
 	}
-}
-
-// chainAround wraps h in the middleware chain exactly as s.handler() wraps
-// s.routes(), so that a test can put a handler of its own inside it.
-func chainAround(s *server, h http.Handler) http.Handler {
-	return s.recoverPanics(requestID(securityHeaders(s.accessLog(s.cors(limitBody(s, h))))))
 }
 
 // panicky panics on /boom before writing anything, on /boom-after-write

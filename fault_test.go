@@ -1,0 +1,1112 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/url"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Fault injection: real PostgreSQL and Redis behind a faultProxy (or a
+// private redis-server killed and restarted), under a steady load of
+// concurrent requests, and zenspa as a child process signalled mid-load. Every
+// test bounds its requests in number and time.
+
+// faultSlack is how much longer than HEALTH_CHECK_TIMEOUT a health probe may
+// take to answer while its dependency is down.
+const faultSlack = 100 * time.Millisecond
+
+// TestFaultProxy checks the proxy itself against an echo server: pass,
+// stall (old and new connections get nothing), heal (stalled connections are
+// dropped), cut (connections dropped, connecting refused), heal again.
+func TestFaultProxy(t *testing.T) {
+	t.Parallel()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	mustf(t, err, "listen")
+	var echoWG sync.WaitGroup
+	echoWG.Add(1)
+	go func() {
+		defer echoWG.Done()
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			echoWG.Add(1)
+			go func() { defer echoWG.Done(); defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	p := startFaultProxy(t, echo.Addr().String())
+	t.Cleanup(func() { echo.Close(); p.close(); echoWG.Wait() })
+
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", p.addr, time.Second)
+		mustf(t, err, "dial the proxy")
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// roundTrip writes msg and reports what came back within wait, and
+	// whether the connection was closed.
+	roundTrip := func(c net.Conn, msg string, wait time.Duration) (string, bool) {
+		_ = c.SetDeadline(time.Now().Add(wait))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return "", true
+		}
+		buf := make([]byte, len(msg))
+		n, err := io.ReadFull(c, buf)
+		var ne net.Error
+		closed := err != nil && !(errors.As(err, &ne) && ne.Timeout())
+		return string(buf[:n]), closed
+	}
+
+	old := dial()
+	if got, _ := roundTrip(old, "ping", time.Second); got != "ping" {
+		t.Fatalf("pass: echo through the proxy = %q, want %q", got, "ping")
+	}
+
+	p.stall()
+	if got, closed := roundTrip(old, "stalled", 200*time.Millisecond); got != "" || closed {
+		t.Errorf("stall: existing connection got %q (closed %v), want nothing and still open", got, closed)
+	}
+	fresh := dial() // accepted, but never answered
+	if got, closed := roundTrip(fresh, "hello", 200*time.Millisecond); got != "" || closed {
+		t.Errorf("stall: new connection got %q (closed %v), want nothing and still open", got, closed)
+	}
+
+	p.heal()
+	for name, c := range map[string]net.Conn{"existing": old, "new": fresh} {
+		if _, closed := roundTrip(c, "x", time.Second); !closed {
+			t.Errorf("heal: the %s stalled connection is still open, want it dropped", name)
+		}
+	}
+	healed := dial()
+	if got, _ := roundTrip(healed, "again", time.Second); got != "again" {
+		t.Errorf("heal: echo on a new connection = %q, want %q", got, "again")
+	}
+
+	p.cut()
+	if _, closed := roundTrip(healed, "x", time.Second); !closed {
+		t.Errorf("cut: an existing connection is still open, want it dropped")
+	}
+	if c, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("cut: connecting to %s succeeded, want it refused", p.addr)
+	}
+
+	p.heal()
+	if got, _ := roundTrip(dial(), "back", time.Second); got != "back" {
+		t.Errorf("heal after cut: echo = %q, want %q", got, "back")
+	}
+	if n := p.accepted.Load(); n != 4 {
+		t.Errorf("connections accepted = %d, want 4", n)
+	}
+}
+
+// TestFaultPostgresCut cuts PostgreSQL for 3 s under load: the probes answer
+// 503 in time while it is away, everything answers 200 within 1 s of its
+// return, and no goroutine is left behind. Not parallel: it counts
+// goroutines.
+func TestFaultPostgresCut(t *testing.T) {
+	const checkTimeout = 500 * time.Millisecond
+	dbURL := newTestDatabase(t)
+	proxy := startFaultProxy(t, urlHost(t, dbURL))
+	cfg := testConfig(t, withHost(t, dbURL, proxy.addr),
+		"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms", "DB_POOL_TIMEOUT=1s")
+	s, logs := newTestServer(t, cfg)
+	mustf(t, s.db.connectWithRetry(context.Background(), 1, time.Second, 5*time.Second), "connect through the proxy")
+	ts := httptest.NewServer(faultRoutes(s))
+	t.Cleanup(ts.Close)
+	paths := []string{"/", "/health", "/health/db", "/health/ready", "/test/query"}
+
+	// Warm up, so the pools and the client hold what they will hold later.
+	warm := startFaultLoad(t, ts.URL, 8, 20, 0, paths...)
+	for _, r := range warm.finish() {
+		if r.err != nil || r.status != http.StatusOK {
+			t.Fatalf("warm-up GET %s = %d %v %s, want 200", r.path, r.status, r.err, r.body)
+		}
+	}
+	before := faultSettledGoroutines(proxy)
+
+	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, paths...)
+	time.Sleep(300 * time.Millisecond)
+	cutAt := time.Now()
+	proxy.cut()
+	time.Sleep(3 * time.Second)
+	healAt := time.Now()
+	proxy.heal()
+	time.Sleep(1500 * time.Millisecond)
+	results := load.finish()
+
+	down, recovered := 0, 0
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			t.Errorf("GET %s: %v, want an answer whatever PostgreSQL does", r.path, r.err)
+		case r.path == "/" || r.path == "/health":
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s at %v = %d %s, want 200 (it touches no dependency)", r.path, r.start.Sub(cutAt), r.status, r.body)
+			}
+		case r.start.After(cutAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
+			down++
+			wantFaultUnhealthy(t, r, checkTimeout)
+		case r.start.After(healAt.Add(time.Second)):
+			recovered++
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s %v after PostgreSQL came back = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
+			}
+		}
+	}
+	if down < 20 || recovered < 8 {
+		t.Errorf("requests while cut = %d, after recovery = %d: want at least 20 and 8 (is the load running?)", down, recovered)
+	}
+	t.Logf("%d requests: %d to the dependency routes while cut, %d after recovery", len(results), down, recovered)
+
+	wantFaultGoroutines(t, proxy, before)
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// TestFaultPostgresStall stalls PostgreSQL: the probes still answer 503 in
+// time, a request waiting for a pooled connection gives up at DB_POOL_TIMEOUT
+// with 503 DATABASE_ERROR, the queries stuck on the stalled connections end
+// when it heals, and everything then succeeds. Not parallel: it counts
+// goroutines.
+func TestFaultPostgresStall(t *testing.T) {
+	const (
+		checkTimeout = 500 * time.Millisecond
+		poolTimeout  = 500 * time.Millisecond
+	)
+	dbURL := newTestDatabase(t)
+	proxy := startFaultProxy(t, urlHost(t, dbURL))
+	cfg := testConfig(t, withHost(t, dbURL, proxy.addr),
+		"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms",
+		"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms")
+	s, logs := newTestServer(t, cfg)
+	ctx := context.Background()
+	mustf(t, s.db.connectWithRetry(ctx, 1, time.Second, 5*time.Second), "connect through the proxy")
+	ts := httptest.NewServer(faultRoutes(s))
+	t.Cleanup(ts.Close)
+
+	// Open both pooled connections, so that the queries below find them
+	// established and hang on the stall instead of in a handshake.
+	faultFillPool(t, s.db, 2)
+	// A second server whose pool is empty: it has to open a connection on
+	// the stalled network, and the handshake (bounded by DB_CONNECT_TIMEOUT,
+	// 2 s here) must not hold the request past DB_POOL_TIMEOUT either.
+	dialer, _ := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr),
+		"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms", "DB_CONNECT_TIMEOUT=2s"))
+	paths := []string{"/", "/health", "/health/db", "/health/ready"}
+	warm := startFaultLoad(t, ts.URL, 8, 10, 0, paths...)
+	warm.finish()
+	before := faultSettledGoroutines(proxy)
+
+	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, paths...)
+	time.Sleep(300 * time.Millisecond)
+	stallAt := time.Now()
+	proxy.stall()
+
+	// Two queries take both connections and hang on the stalled network: one
+	// with no deadline, one whose caller gives up (lib/pq then sends a cancel
+	// request, over a new connection that hangs as well).
+	hung := make(chan error, 2)
+	go func() {
+		var one int
+		hung <- s.db.queryRow(ctx, "SELECT 1", nil, &one)
+	}()
+	gaveUp, cancelGaveUp := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelGaveUp()
+	go func() {
+		_, err := s.db.exec(gaveUp, "SELECT 1")
+		hung <- err
+	}()
+	if !waitFor(2*time.Second, func() bool { return s.db.pool.Stats().InUse == 2 }) {
+		t.Fatalf("pool in use = %d, want both connections taken by the hanging queries", s.db.pool.Stats().InUse)
+	}
+
+	// With the pool exhausted, callers give up at DB_POOL_TIMEOUT, one by one
+	// and several at once.
+	wantPoolTimeout := func(what string, elapsed time.Duration, err error) {
+		t.Helper()
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Code != codeDatabase {
+			t.Errorf("%s = %v, want an *apiError %s", what, err, codeDatabase)
+		}
+		if elapsed < poolTimeout-50*time.Millisecond || elapsed >= poolTimeout+400*time.Millisecond {
+			t.Errorf("%s took %v, want DB_POOL_TIMEOUT (%v) to %v", what, elapsed, poolTimeout, poolTimeout+400*time.Millisecond)
+		}
+	}
+	for i := range 2 {
+		start := time.Now()
+		called := false
+		err := s.db.withConn(ctx, func(*sql.Conn) error { called = true; return nil })
+		wantPoolTimeout(fmt.Sprintf("withConn #%d (pool exhausted)", i+1), time.Since(start), err)
+		if called {
+			t.Errorf("withConn ran its function without a connection")
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var one int
+			start := time.Now()
+			err := s.db.queryRow(ctx, "SELECT 1", nil, &one)
+			wantPoolTimeout(fmt.Sprintf("concurrent queryRow #%d (pool exhausted)", i+1), time.Since(start), err)
+		}()
+	}
+	wg.Wait()
+
+	// Room in the pool, but the new connection's handshake stalls.
+	start := time.Now()
+	var one int
+	err := dialer.db.queryRow(ctx, "SELECT 1", nil, &one)
+	wantPoolTimeout("queryRow opening a connection on the stalled network", time.Since(start), err)
+
+	// Through HTTP: the envelope, with the request's ID.
+	start = time.Now()
+	status, header, body := get(t, ts.URL, "/test/query")
+	elapsed := time.Since(start)
+	if status != http.StatusServiceUnavailable {
+		t.Errorf("GET /test/query with the pool exhausted = %d %s, want 503", status, body)
+	}
+	env := wantFaultEnvelope(t, "GET /test/query (pool exhausted)", header, body)
+	if code, _ := env["error"].(map[string]any)["code"].(string); code != string(codeDatabase) {
+		t.Errorf("GET /test/query (pool exhausted) error code = %q, want %s", code, codeDatabase)
+	}
+	if elapsed < poolTimeout-50*time.Millisecond || elapsed >= poolTimeout+400*time.Millisecond {
+		t.Errorf("GET /test/query (pool exhausted) took %v, want about DB_POOL_TIMEOUT (%v)", elapsed, poolTimeout)
+	}
+
+	// The hanging queries are still stuck: only the network can free them.
+	select {
+	case err := <-hung:
+		t.Errorf("a query on the stalled connection returned %v before the network healed, want it stuck", err)
+	default:
+	}
+	time.Sleep(time.Until(stallAt.Add(2500 * time.Millisecond)))
+
+	healAt := time.Now()
+	proxy.heal()
+	for range 2 {
+		select {
+		case err := <-hung:
+			var ae *apiError
+			if !errors.As(err, &ae) || ae.Code != codeDatabase {
+				t.Errorf("query freed by the heal = %v, want an *apiError %s", err, codeDatabase)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("a query on a stalled connection still runs 2 s after the heal\n%s", goroutineDump())
+		}
+	}
+
+	// Everything succeeds again, the pool refilling with fresh connections.
+	var ok sync.WaitGroup
+	for i := range 4 {
+		ok.Add(1)
+		go func() {
+			defer ok.Done()
+			var n int
+			if err := s.db.queryRow(ctx, "SELECT $1::int", []any{i}, &n); err != nil || n != i {
+				t.Errorf("queryRow(SELECT %d) after the heal = %d, %v; want %d, nil", i, n, err, i)
+			}
+		}()
+	}
+	ok.Wait()
+	time.Sleep(time.Until(healAt.Add(1500 * time.Millisecond)))
+	results := load.finish()
+
+	down, recovered := 0, 0
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			t.Errorf("GET %s: %v, want an answer whatever PostgreSQL does", r.path, r.err)
+		case r.path == "/" || r.path == "/health":
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s = %d %s, want 200 (it touches no dependency)", r.path, r.status, r.body)
+			}
+		case r.start.After(stallAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
+			down++
+			wantFaultUnhealthy(t, r, checkTimeout)
+		case r.start.After(healAt.Add(time.Second)):
+			recovered++
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s %v after the heal = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
+			}
+		}
+	}
+	if down < 10 || recovered < 4 {
+		t.Errorf("requests while stalled = %d, after recovery = %d: want at least 10 and 4 (is the load running?)", down, recovered)
+	}
+	t.Logf("%d requests: %d to the dependency routes while stalled, %d after recovery", len(results), down, recovered)
+
+	wantFaultGoroutines(t, proxy, before)
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// TestFaultRedisRestart kills a private, password-protected redis-server
+// under load and starts it again on the same port: /health never fails, the
+// cache misses quickly while Redis is down, /health/redis is 503 then and
+// 200 within 1 s of its return, and the cache works again.
+func TestFaultRedisRestart(t *testing.T) {
+	t.Parallel()
+	const password = "fault-sentinel-redis-pw-5b1e"
+	redis := startPrivateRedis(t, password)
+	cfg := testConfig(t, newTestDatabase(t), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(redis.port),
+		"REDIS_PASSWORD="+password, "HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms")
+	s, logs := newTestServer(t, cfg)
+	ts := startTestServer(t, s)
+	ctx := context.Background()
+	if !s.cache.set(ctx, "fault:k", "v", time.Minute) {
+		t.Fatalf("cache.set against the private Redis failed; log:\n%s", logs)
+	}
+
+	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, "/", "/health", "/health/redis")
+	cacheLoad := startFaultCacheLoad(s.cache, 2, 200)
+	time.Sleep(500 * time.Millisecond)
+	killAt := time.Now()
+	redis.stop()
+	time.Sleep(2 * time.Second)
+	restartAt := time.Now()
+	redis.start()
+	upAt := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	results := load.finish()
+	calls := cacheLoad.finish()
+
+	down, recovered := 0, 0
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			t.Errorf("GET %s: %v, want an answer whatever Redis does", r.path, r.err)
+		case r.path != "/health/redis":
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s at %v = %d %s, want 200 (Redis is optional)", r.path, r.start.Sub(killAt), r.status, r.body)
+			}
+		case r.start.After(killAt.Add(50*time.Millisecond)) && r.end.Before(restartAt):
+			down++
+			if r.status != http.StatusServiceUnavailable || r.end.Sub(r.start) > 500*time.Millisecond+faultSlack {
+				t.Errorf("GET /health/redis with Redis killed = %d %s in %v, want 503 within HEALTH_CHECK_TIMEOUT (500ms) + %v",
+					r.status, r.body, r.end.Sub(r.start), faultSlack)
+			} else if m := faultJSON(t, r); m["connected"] != false || m["status"] != "unhealthy" {
+				t.Errorf("GET /health/redis with Redis killed = %s, want status unhealthy, connected false", r.body)
+			}
+		case r.start.After(upAt.Add(time.Second)):
+			recovered++
+			if r.status != http.StatusOK {
+				t.Errorf("GET /health/redis %v after Redis came back = %d %s, want 200", r.start.Sub(upAt), r.status, r.body)
+			}
+		}
+	}
+	if down < 5 || recovered < 5 {
+		t.Errorf("/health/redis requests while Redis was down = %d, after = %d: want at least 5 each", down, recovered)
+	}
+
+	misses := 0
+	for _, c := range calls {
+		if c.end.Sub(c.start) >= 1500*time.Millisecond {
+			t.Errorf("cache.%s took %v (at %v after the kill), want < 1.5 s", c.op, c.end.Sub(c.start), c.start.Sub(killAt))
+		}
+		if c.start.After(killAt.Add(50*time.Millisecond)) && c.end.Before(restartAt) {
+			misses++
+			if c.ok {
+				t.Errorf("cache.%s with Redis killed reported success", c.op)
+			}
+		}
+	}
+	if misses < 5 {
+		t.Errorf("cache calls while Redis was down = %d, want at least 5", misses)
+	}
+
+	// The cache works again (the load has had more than a second).
+	var got string
+	if !s.cache.set(ctx, "fault:k", "back", time.Minute) || !s.cache.get(ctx, "fault:k", &got) || got != "back" {
+		t.Errorf("cache set/get 1.5 s after Redis came back = %q, want %q", got, "back")
+	}
+	if strings.Contains(logs.String(), password) {
+		t.Errorf("the log shows REDIS_PASSWORD:\n%s", logs)
+	}
+	t.Logf("%d requests, %d cache calls; %d /health/redis and %d cache calls while Redis was down", len(results), len(calls), down, misses)
+}
+
+// TestFaultRedisStallAndCut puts the proxy between zenspa and the shared
+// Redis, stalls it, heals, cuts it and heals again.
+func TestFaultRedisStallAndCut(t *testing.T) {
+	t.Parallel()
+	requireRedis(t)
+	const checkTimeout = 500 * time.Millisecond
+	proxy := startFaultProxy(t, testRedisAddr)
+	host, port, _ := net.SplitHostPort(proxy.addr)
+	cfg := testConfig(t, newTestDatabase(t), "REDIS_HOST="+host, "REDIS_PORT="+port,
+		"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms")
+	s, logs := newTestServer(t, cfg)
+	ts := startTestServer(t, s)
+	key := randomName("zenspa_fault_")
+	t.Cleanup(func() { s.cache.delete(context.Background(), key) })
+
+	for _, fault := range []struct {
+		name   string
+		inject func()
+	}{{"stall", proxy.stall}, {"cut", proxy.cut}} {
+		load := startFaultLoad(t, ts.URL, 8, 300, 20*time.Millisecond, "/", "/health", "/health/redis")
+		cacheLoad := startFaultCacheLoad(s.cache, 2, 100)
+		time.Sleep(300 * time.Millisecond)
+		faultAt := time.Now()
+		fault.inject()
+		time.Sleep(1500 * time.Millisecond)
+		healAt := time.Now()
+		proxy.heal()
+		time.Sleep(1300 * time.Millisecond)
+		results := load.finish()
+		calls := cacheLoad.finish()
+
+		down, recovered := 0, 0
+		for _, r := range results {
+			switch {
+			case r.err != nil:
+				t.Errorf("%s: GET %s: %v, want an answer", fault.name, r.path, r.err)
+			case r.path != "/health/redis":
+				if r.status != http.StatusOK {
+					t.Errorf("%s: GET %s = %d %s, want 200 (Redis is optional)", fault.name, r.path, r.status, r.body)
+				}
+			case r.start.After(faultAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
+				down++
+				if r.status != http.StatusServiceUnavailable || r.end.Sub(r.start) > checkTimeout+faultSlack {
+					t.Errorf("%s: GET /health/redis = %d in %v, want 503 within %v", fault.name, r.status, r.end.Sub(r.start), checkTimeout+faultSlack)
+				}
+			case r.start.After(healAt.Add(time.Second)):
+				recovered++
+				if r.status != http.StatusOK {
+					t.Errorf("%s: GET /health/redis %v after the heal = %d %s, want 200", fault.name, r.start.Sub(healAt), r.status, r.body)
+				}
+			}
+		}
+		if down < 5 || recovered < 3 {
+			t.Errorf("%s: /health/redis requests during the fault = %d, after = %d: want at least 5 and 3", fault.name, down, recovered)
+		}
+		for _, c := range calls {
+			if c.end.Sub(c.start) >= 1500*time.Millisecond {
+				t.Errorf("%s: cache.%s took %v, want < 1.5 s", fault.name, c.op, c.end.Sub(c.start))
+			}
+			if c.start.After(faultAt.Add(50*time.Millisecond)) && c.end.Before(healAt) && c.ok {
+				t.Errorf("%s: cache.%s during the fault reported success", fault.name, c.op)
+			}
+		}
+		var got string
+		if !s.cache.set(context.Background(), key, fault.name, time.Minute) || !s.cache.get(context.Background(), key, &got) || got != fault.name {
+			t.Errorf("%s: cache set/get 1.3 s after the heal = %q, want %q", fault.name, got, fault.name)
+		}
+	}
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// TestFaultSIGTERMUnderLoad signals the zenspa binary while 8 clients keep it
+// busy and a slow request is in flight: every answer is complete, requests
+// sent before the signal are answered, the slow one included, and the
+// process exits 0.
+func TestFaultSIGTERMUnderLoad(t *testing.T) {
+	t.Parallel()
+	dbURL := newTestDatabase(t)
+	redisHost, redisPort, _ := net.SplitHostPort(silentListener(t))
+	port := strconv.Itoa(freePort(t))
+	base := "http://127.0.0.1:" + port
+	child := startFaultChild(t, processEnv(t, dbURL, "HOST=127.0.0.1", "PORT="+port,
+		"REDIS_HOST="+redisHost, "REDIS_PORT="+redisPort, "HEALTH_CHECK_TIMEOUT=1s", "HEALTH_CACHE_TTL=0",
+		"SHUTDOWN_DRAIN_DELAY=0", "SHUTDOWN_TIMEOUT=10s", "LOG_LEVEL=DEBUG"))
+	// Not waitUntilReady: its 1 s client timeout races the 1 s Redis check
+	// that readiness waits for here.
+	child.waitReady(t, base)
+
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var results []faultTraced
+	var wg sync.WaitGroup
+	paths := []string{"/", "/health", "/health/db"}
+	for c := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			defer client.CloseIdleConnections()
+			for i := range 2000 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := faultTracedGet(client, base+paths[(c+i)%len(paths)])
+				mu.Lock()
+				results = append(results, r)
+				mu.Unlock()
+				if r.err != nil {
+					time.Sleep(50 * time.Millisecond) // the listener is closed: no need to hammer
+				} else {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+		}()
+	}
+
+	// The slow request: /health/redis waits HEALTH_CHECK_TIMEOUT (1 s) for
+	// the silent Redis. It is in flight when the signal arrives.
+	time.Sleep(500 * time.Millisecond)
+	slow := make(chan faultTraced, 1)
+	go func() {
+		slow <- faultTracedGet(&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, base+"/health/redis")
+	}()
+	time.Sleep(300 * time.Millisecond)
+	signalAt := time.Now()
+	mustf(t, child.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+	code := child.wait(t, 10*time.Second)
+	close(stop)
+	wg.Wait()
+
+	if code != 0 {
+		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.out)
+	}
+	s := <-slow
+	switch {
+	case s.err != nil:
+		t.Errorf("the slow request in flight at SIGTERM failed: %v (wrote request %v before the signal), want an answer", s.err, signalAt.Sub(s.wrote))
+	case s.status != http.StatusServiceUnavailable || !s.complete:
+		t.Errorf("the slow request in flight at SIGTERM = %d complete=%v %s, want a complete 503 (Redis silent)", s.status, s.complete, s.body)
+	case !s.end.After(signalAt.Add(200 * time.Millisecond)):
+		t.Errorf("the slow request ended %v after the signal, want it still in flight then (about 700ms later)", s.end.Sub(signalAt))
+	}
+
+	answered, afterSignal, refused, idleClosed, lateNew := 0, 0, 0, 0, 0
+	for _, r := range results {
+		if r.err == nil {
+			answered++
+			if r.end.After(signalAt) {
+				afterSignal++
+			}
+			if r.status != http.StatusOK || !r.complete {
+				t.Errorf("GET %s = %d, complete %v (Content-Length %q, %d bytes) %s; want a complete 200",
+					r.path, r.status, r.complete, r.contentLength, len(r.body), r.body)
+			}
+			continue
+		}
+		// No answer. Fine: the listener was closed (refused), or net/http
+		// closed an idle keep-alive connection before any byte of a response.
+		// Not fine: a response cut after its first byte, or a request written
+		// on a fresh connection well before the signal and never answered.
+		switch {
+		case r.firstByte:
+			t.Errorf("GET %s: the response was cut after its first byte: %v", r.path, r.err)
+		case !r.reused && !r.wrote.IsZero() && r.wrote.Before(signalAt.Add(-100*time.Millisecond)):
+			t.Errorf("GET %s: written on a new connection %v before the signal and never answered: %v", r.path, signalAt.Sub(r.wrote), r.err)
+		case r.start.Before(signalAt.Add(-100 * time.Millisecond)):
+			t.Errorf("GET %s started %v before the signal and failed: %v", r.path, signalAt.Sub(r.start), r.err)
+		case faultDialError(r.err):
+			refused++
+		case r.reused:
+			idleClosed++
+		default:
+			lateNew++
+		}
+	}
+	if answered < 50 {
+		t.Errorf("answered requests = %d, want at least 50 (is the load running?)", answered)
+	}
+	if !strings.Contains(child.out.String(), "shutting down") {
+		t.Errorf("zenspa output has no \"shutting down\" line:\n%s", child.out)
+	}
+	t.Logf("%d requests: %d answered (%d after the signal); unanswered after the signal: %d refused, %d on an idle connection closed, %d on a new connection reset",
+		len(results), answered, afterSignal, refused, idleClosed, lateNew)
+}
+
+// TestFaultStartupWhilePostgresDown starts the binary while PostgreSQL is
+// unreachable and brings it back during the retry window: the service starts
+// on a later attempt. Then PostgreSQL is cut for 3 s under load: the process
+// stays up, reports 503 in time and recovers within 1 s.
+func TestFaultStartupWhilePostgresDown(t *testing.T) {
+	t.Parallel()
+	const checkTimeout = 500 * time.Millisecond
+	dbURL := newTestDatabase(t)
+	proxy := startFaultProxy(t, urlHost(t, dbURL))
+	proxy.cut()
+	port := strconv.Itoa(freePort(t))
+	base := "http://127.0.0.1:" + port
+	child := startFaultChild(t, processEnv(t, withHost(t, dbURL, proxy.addr), "HOST=127.0.0.1", "PORT="+port,
+		"DB_CONNECT_ATTEMPTS=5", "DB_CONNECT_BACKOFF=200ms", "HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms",
+		"SHUTDOWN_DRAIN_DELAY=0"))
+	time.Sleep(500 * time.Millisecond)
+	proxy.heal()
+	child.waitReady(t, base)
+	out := child.out.String()
+	if n := len(logLines(out, "database not reachable, retrying")); n < 1 {
+		t.Errorf("zenspa output has %d \"database not reachable, retrying\" lines, want at least 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "zenspa started") {
+		t.Errorf("zenspa output has no \"zenspa started\" line:\n%s", out)
+	}
+
+	// The same process through a 3 s outage.
+	load := startFaultLoad(t, base, 4, 400, 20*time.Millisecond, "/health", "/health/db", "/health/ready")
+	time.Sleep(300 * time.Millisecond)
+	cutAt := time.Now()
+	proxy.cut()
+	time.Sleep(3 * time.Second)
+	healAt := time.Now()
+	proxy.heal()
+	time.Sleep(1500 * time.Millisecond)
+	results := load.finish()
+	if !child.running() {
+		t.Fatalf("zenspa exited during the PostgreSQL outage; output:\n%s", child.out)
+	}
+	down, recovered := 0, 0
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			t.Errorf("GET %s: %v, want an answer", r.path, r.err)
+		case r.path == "/health":
+			if r.status != http.StatusOK {
+				t.Errorf("GET /health = %d %s, want 200", r.status, r.body)
+			}
+		case r.start.After(cutAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
+			down++
+			wantFaultUnhealthy(t, r, checkTimeout)
+		case r.start.After(healAt.Add(time.Second)):
+			recovered++
+			if r.status != http.StatusOK {
+				t.Errorf("GET %s %v after the heal = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
+			}
+		}
+	}
+	if down < 10 || recovered < 4 {
+		t.Errorf("requests while cut = %d, after = %d: want at least 10 and 4", down, recovered)
+	}
+
+	mustf(t, child.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
+	if code := child.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.out)
+	}
+}
+
+// faultRoutes serves s.handler() plus /test/query, a stand-in for a domain
+// route: one query through s.db, failures through s.writeError, inside the
+// same middleware.
+func faultRoutes(s *server) http.Handler {
+	query := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var one int
+		if err := s.db.queryRow(r.Context(), "SELECT 1", nil, &one); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeSuccess(w, http.StatusOK, map[string]int{"one": one}, "")
+	})
+	routes := s.routes()
+	return s.chain(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/test/query" {
+			query.ServeHTTP(w, r)
+			return
+		}
+		routes.ServeHTTP(w, r)
+	}))
+}
+
+// faultResult is one request of a faultLoad.
+type faultResult struct {
+	path       string
+	start, end time.Time
+	status     int
+	body       []byte
+	err        error
+}
+
+// faultLoad is a steady load of GET requests from concurrent clients.
+type faultLoad struct {
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+	client  *http.Client
+	mu      sync.Mutex
+	results []faultResult
+}
+
+// startFaultLoad starts clients goroutines, each sending up to max requests
+// (cycling through paths, pausing between them) until finish. Cleanup
+// finishes it too.
+func startFaultLoad(t testing.TB, base string, clients, max int, pause time.Duration, paths ...string) *faultLoad {
+	l := &faultLoad{
+		stop:   make(chan struct{}),
+		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}},
+	}
+	for c := range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := range max {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				r := faultResult{path: paths[(c+i)%len(paths)], start: time.Now()}
+				resp, err := l.client.Get(base + r.path)
+				if err == nil {
+					r.status = resp.StatusCode
+					r.body, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				r.err, r.end = err, time.Now()
+				l.mu.Lock()
+				l.results = append(l.results, r)
+				l.mu.Unlock()
+				if pause > 0 {
+					time.Sleep(pause)
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+// finish stops the clients, closes their idle connections and returns every
+// result.
+func (l *faultLoad) finish() []faultResult {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	l.client.CloseIdleConnections()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.results
+}
+
+// faultCacheCall is one cache call of a faultCacheLoad.
+type faultCacheCall struct {
+	op         string
+	start, end time.Time
+	ok         bool
+}
+
+// faultCacheLoad calls cache.set and cache.get in a loop.
+type faultCacheLoad struct {
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	calls []faultCacheCall
+}
+
+// startFaultCacheLoad runs workers goroutines of at most max set/get pairs
+// each, 20 ms apart.
+func startFaultCacheLoad(c *cache, workers, max int) *faultCacheLoad {
+	l := &faultCacheLoad{stop: make(chan struct{})}
+	prefix := randomName("zenspa_fault_cache_")
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			key := prefix + strconv.Itoa(w)
+			defer c.delete(context.Background(), key)
+			for i := range max {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				start := time.Now()
+				ok := c.set(context.Background(), key, i, time.Minute)
+				mid := time.Now()
+				var got int
+				hit := c.get(context.Background(), key, &got)
+				l.mu.Lock()
+				l.calls = append(l.calls, faultCacheCall{"set", start, mid, ok}, faultCacheCall{"get", mid, time.Now(), hit})
+				l.mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+// finish stops the workers and returns every call.
+func (l *faultCacheLoad) finish() []faultCacheCall {
+	close(l.stop)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls
+}
+
+// wantFaultUnhealthy checks an answer of /health/db, /health/ready or
+// /test/query while PostgreSQL is away: 503 within the check timeout plus
+// faultSlack, with the unhealthy body or the DATABASE_ERROR envelope.
+func wantFaultUnhealthy(t *testing.T, r faultResult, checkTimeout time.Duration) {
+	t.Helper()
+	if r.status != http.StatusServiceUnavailable {
+		t.Errorf("GET %s with PostgreSQL away = %d %s, want 503", r.path, r.status, r.body)
+		return
+	}
+	if r.path != "/test/query" && r.end.Sub(r.start) > checkTimeout+faultSlack {
+		t.Errorf("GET %s with PostgreSQL away took %v, want <= HEALTH_CHECK_TIMEOUT (%v) + %v", r.path, r.end.Sub(r.start), checkTimeout, faultSlack)
+	}
+	m := faultJSON(t, r)
+	switch r.path {
+	case "/health/db":
+		if m["status"] != "unhealthy" || m["connected"] != false {
+			t.Errorf("GET /health/db with PostgreSQL away = %s, want status unhealthy, connected false", r.body)
+		}
+	case "/health/ready":
+		db, _ := m["checks"].(map[string]any)["database"].(map[string]any)
+		if m["status"] != "unhealthy" || db["status"] != "unhealthy" {
+			t.Errorf("GET /health/ready with PostgreSQL away = %s, want status and checks.database.status unhealthy", r.body)
+		}
+	case "/test/query":
+		if e, _ := m["error"].(map[string]any); m["status"] != "error" || e["code"] != string(codeDatabase) {
+			t.Errorf("GET /test/query with PostgreSQL away = %s, want the %s envelope", r.body, codeDatabase)
+		}
+	}
+}
+
+// faultJSON decodes an answer's JSON object, failing the test if it is not
+// one.
+func faultJSON(t *testing.T, r faultResult) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Errorf("GET %s answered %q: not a JSON object (%v)", r.path, r.body, err)
+	}
+	return m
+}
+
+// wantFaultEnvelope checks the error envelope and its request ID.
+func wantFaultEnvelope(t *testing.T, what string, h http.Header, body []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Errorf("%s answered %q: not JSON (%v)", what, body, err)
+		return nil
+	}
+	if ct := h.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s Content-Type = %q, want application/json", what, ct)
+	}
+	if m["status"] != "error" || m["request_id"] == "" || m["request_id"] != h.Get(headerRequestID) {
+		t.Errorf("%s = %s, want status error and request_id = X-Request-ID (%q)", what, body, h.Get(headerRequestID))
+	}
+	return m
+}
+
+// faultFillPool opens n pooled connections at once and returns them to the
+// pool, established.
+func faultFillPool(t *testing.T, db *database, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conns := make([]*sql.Conn, n)
+	for i := range conns {
+		c, err := db.pool.Conn(ctx)
+		mustf(t, err, "take pooled connection %d", i+1)
+		mustf(t, c.PingContext(ctx), "ping pooled connection %d", i+1)
+		conns[i] = c
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	if idle := db.pool.Stats().Idle; idle != n {
+		t.Fatalf("idle pooled connections = %d, want %d", idle, n)
+	}
+}
+
+// faultGoroutines counts the process's goroutines, less the two each
+// forwarding connection of proxy holds (how many connections the pools keep
+// open varies from run to run).
+func faultGoroutines(proxy *faultProxy) int {
+	return runtime.NumGoroutine() - 2*proxy.openLinks()
+}
+
+// faultSettledGoroutines is faultGoroutines once the connections just closed
+// have had a moment to wind down.
+func faultSettledGoroutines(proxy *faultProxy) int {
+	time.Sleep(300 * time.Millisecond)
+	return faultGoroutines(proxy)
+}
+
+// wantFaultGoroutines waits up to 5 s for the goroutine count to come back
+// to before, give or take a few.
+func wantFaultGoroutines(t *testing.T, proxy *faultProxy, before int) {
+	t.Helper()
+	const tolerance = 5
+	var after int
+	if !waitFor(5*time.Second, func() bool { after = faultGoroutines(proxy); return after <= before+tolerance }) {
+		t.Errorf("goroutines (less the proxy's) = %d after the fault, want <= %d (%d before, tolerance %d)\n%s",
+			after, before+tolerance, before, tolerance, goroutineDump())
+	}
+}
+
+// urlHost is the host:port of a URL.
+func urlHost(t *testing.T, rawURL string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	mustf(t, err, "parse %s", maskDatabaseURL(rawURL))
+	return u.Host
+}
+
+// withHost is rawURL pointed at another host:port.
+func withHost(t *testing.T, rawURL, hostport string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	mustf(t, err, "parse %s", maskDatabaseURL(rawURL))
+	u.Host = hostport
+	return u.String()
+}
+
+// faultStatus is the status of one GET, 0 when there is no answer.
+func faultStatus(target string) int {
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(target)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// faultTraced is one GET with what happened on the wire.
+type faultTraced struct {
+	path          string
+	start, end    time.Time
+	wrote         time.Time // when the request was on the wire
+	reused        bool      // sent on an idle keep-alive connection
+	firstByte     bool      // some of the response arrived
+	status        int
+	body          []byte
+	contentLength string
+	complete      bool // Content-Length matches the body, which is JSON
+	err           error
+}
+
+// faultTracedGet sends one GET and records its trace.
+func faultTracedGet(client *http.Client, target string) faultTraced {
+	r := faultTraced{start: time.Now()}
+	if u, err := url.Parse(target); err == nil {
+		r.path = u.Path
+	}
+	var mu sync.Mutex
+	trace := &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			mu.Lock()
+			r.reused = info.Reused
+			mu.Unlock()
+		},
+		WroteRequest: func(httptrace.WroteRequestInfo) {
+			mu.Lock()
+			r.wrote = time.Now()
+			mu.Unlock()
+		},
+		GotFirstResponseByte: func() {
+			mu.Lock()
+			r.firstByte = true
+			mu.Unlock()
+		},
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, target, nil)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	resp, err := client.Do(req)
+	if err == nil {
+		r.status = resp.StatusCode
+		r.contentLength = resp.Header.Get("Content-Length")
+		r.body, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		n, cerr := strconv.Atoi(r.contentLength)
+		r.complete = err == nil && cerr == nil && n == len(r.body) && json.Valid(r.body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	r.err, r.end = err, time.Now()
+	return r
+}
+
+// faultDialError reports whether err is a failure to connect.
+func faultDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// faultChild is a zenspa child process; stdout and stderr go to out.
+type faultChild struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+}
+
+// startFaultChild starts the built binary with exactly env, in an empty
+// directory. Cleanup kills it, by its PID, if it still runs.
+func startFaultChild(t *testing.T, env []string) *faultChild {
+	t.Helper()
+	c := &faultChild{cmd: exec.Command(zenspaBinary(t)), out: &syncBuffer{}, exited: make(chan struct{})}
+	c.cmd.Env = env
+	c.cmd.Dir = t.TempDir()
+	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
+	mustf(t, c.cmd.Start(), "start zenspa")
+	go func() { _ = c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() {
+		if c.running() {
+			_ = c.cmd.Process.Kill()
+		}
+		<-c.exited
+	})
+	return c
+}
+
+// running reports whether the child has not exited.
+func (c *faultChild) running() bool {
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// waitReady polls base/health/ready until it answers 200, 10 s at most, and
+// fails at once if the child exits.
+func (c *faultChild) waitReady(t *testing.T, base string) {
+	t.Helper()
+	ready := waitFor(10*time.Second, func() bool {
+		return !c.running() || faultStatus(base+"/health/ready") == http.StatusOK
+	})
+	if !ready || !c.running() {
+		t.Fatalf("zenspa did not become ready at %s within 10 s; output:\n%s", base, c.out)
+	}
+}
+
+// wait returns the child's exit code, failing the test if it still runs
+// after limit.
+func (c *faultChild) wait(t *testing.T, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-c.exited:
+		return c.cmd.ProcessState.ExitCode()
+	case <-time.After(limit):
+		t.Fatalf("zenspa still running %v later; output:\n%s", limit, c.out)
+		return -1
+	}
+}
