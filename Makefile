@@ -11,7 +11,7 @@ COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT) -X main.buildDate=$(DATE)
 
-.PHONY: run test services build vet fmt-check clean tools lint-openapi test-browser fuzz
+.PHONY: run test services services-test build vet fmt-check clean tools lint-openapi test-browser fuzz bench
 
 ## run: start the services, write .env if missing, build and serve on :8000
 run: services .env build
@@ -19,11 +19,16 @@ run: services .env build
 
 ## test: the service check, gofmt, go vet, the OpenAPI lint, and every test
 ## (the browser test of /docs and /redoc included) with the race detector
-test: services tools fmt-check vet lint-openapi
+test: services-test tools fmt-check vet lint-openapi
 	$(GO) test -race -count=1 -timeout 15m ./...
 
+## services: PostgreSQL and Redis running, the zenspa role and database
 services:
 	@bash scripts/services.sh
+
+## services-test: the same plus the zenspa_test role and the test tools
+services-test:
+	@bash scripts/services.sh --test
 
 .env:
 	cp .env.example .env
@@ -47,7 +52,7 @@ REDOCLY := REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true tools/node_
 ## none of them needs one, and one would send install analytics.
 tools: tools/node_modules/.installed
 
-tools/node_modules/.installed: tools/package.json tools/package-lock.json
+tools/node_modules/.installed: tools/package.json tools/package-lock.json | services-test
 	npm ci --prefix tools --ignore-scripts --no-audit --no-fund
 	@touch $@
 
@@ -56,7 +61,7 @@ lint-openapi: tools
 	$(REDOCLY) lint --extends recommended-strict openapi.json
 
 ## test-browser: only the headless Chromium test of /docs and /redoc
-test-browser: services tools
+test-browser: services-test tools
 	$(GO) test -race -count=1 -v -run 'TestDocsBrowser' .
 
 ## fuzz: every Go fuzz target (found with go test -list) for FUZZTIME each
@@ -68,6 +73,14 @@ fuzz:
 		echo "fuzz: $$f for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; \
 	done
+
+## bench: the load benchmark in BENCHMARKS.md, not part of `make test`: wrk
+## against a `make build` binary and a bare net/http baseline, about four
+## minutes. BENCH_ARGS go to bench/run, for example BENCH_ARGS='-rounds 1'.
+BENCH_ARGS ?=
+bench:
+	@bash scripts/services.sh --bench
+	@bash scripts/bench.sh $(BENCH_ARGS)
 
 clean:
 	rm -f $(BINARY)

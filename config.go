@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -131,19 +129,24 @@ func envGetter(lookupEnv func(string) (string, bool)) (func(string) string, stri
 	return get, source, nil
 }
 
-// loadPort reads only PORT, for commands that must work without the rest of
-// the configuration (zenspa healthcheck needs no DATABASE_URL).
-func loadPort(lookupEnv func(string) (string, bool)) (int, error) {
+// loadProbeAddr reads only HOST and PORT, for commands that must work
+// without the rest of the configuration (zenspa healthcheck needs no
+// DATABASE_URL), and returns where a local client reaches the server.
+func loadProbeAddr(lookupEnv func(string) (string, bool)) (string, error) {
 	get, _, err := envGetter(lookupEnv)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	p := parser{get: get}
+	host := p.str("HOST", "0.0.0.0")
 	port := p.integer("PORT", 8000, 1, 65535)
 	if len(p.problems) > 0 {
-		return 0, &configError{problems: p.problems}
+		return "", &configError{problems: p.problems}
 	}
-	return port, nil
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening everywhere: loopback is one of them
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
 // configError lists every problem found in the configuration, one per line.
@@ -185,112 +188,6 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-// parseDotenv parses the .env format: KEY=VALUE lines, optional "export ",
-// comments and blank lines, single quotes (literal), double quotes (with \n,
-// \t, \" and \\ escapes) and an unquoted value that ends at " #". A malformed
-// line is an error naming the file and line, never its content, which may be
-// a secret.
-func parseDotenv(name string, data []byte) (map[string]string, error) {
-	vars := make(map[string]string)
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	n := 1
-	for ; sc.Scan(); n++ {
-		key, value, ok, err := parseDotenvLine(sc.Text())
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", name, n, err)
-		}
-		if ok {
-			vars[key] = value
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s:%d: %v", name, n, err) // n is the line too long to read
-	}
-	return vars, nil
-}
-
-// parseDotenvLine parses one line; ok is false for a blank or comment line.
-func parseDotenvLine(line string) (key, value string, ok bool, err error) {
-	line = strings.TrimSpace(strings.TrimPrefix(line, "\ufeff"))
-	if line == "" || line[0] == '#' {
-		return "", "", false, nil
-	}
-	if rest, found := strings.CutPrefix(line, "export"); found && rest != "" && (rest[0] == ' ' || rest[0] == '\t') {
-		line = strings.TrimSpace(rest)
-	}
-	key, raw, found := strings.Cut(line, "=")
-	if !found {
-		return "", "", false, errors.New(`expected KEY=VALUE`)
-	}
-	key = strings.TrimSpace(key)
-	if !validEnvKey(key) {
-		return "", "", false, errors.New("invalid variable name")
-	}
-	raw = strings.TrimSpace(raw)
-	switch {
-	case raw == "":
-		return key, "", true, nil
-	case raw[0] == '\'':
-		end := strings.IndexByte(raw[1:], '\'')
-		if end < 0 {
-			return "", "", false, fmt.Errorf("%s: unterminated single quote", key)
-		}
-		value, raw = raw[1:1+end], raw[2+end:]
-	case raw[0] == '"':
-		var b strings.Builder
-		i := 1
-		for ; i < len(raw) && raw[i] != '"'; i++ {
-			c := raw[i]
-			if c == '\\' && i+1 < len(raw) {
-				i++
-				switch raw[i] {
-				case 'n':
-					c = '\n'
-				case 't':
-					c = '\t'
-				case 'r':
-					c = '\r'
-				default:
-					c = raw[i]
-				}
-			}
-			b.WriteByte(c)
-		}
-		if i >= len(raw) {
-			return "", "", false, fmt.Errorf("%s: unterminated double quote", key)
-		}
-		value, raw = b.String(), raw[i+1:]
-	case raw[0] == '#': // KEY= # comment
-		return key, "", true, nil
-	default:
-		if i := strings.Index(raw, " #"); i >= 0 {
-			raw = raw[:i]
-		}
-		return key, strings.TrimSpace(raw), true, nil
-	}
-	// After a closing quote only a comment may follow.
-	if rest := strings.TrimSpace(raw); rest != "" && rest[0] != '#' {
-		return "", "", false, fmt.Errorf("%s: unexpected text after the closing quote", key)
-	}
-	return key, value, true, nil
-}
-
-// validEnvKey reports whether key is a shell-style variable name.
-func validEnvKey(key string) bool {
-	if key == "" {
-		return false
-	}
-	for i := 0; i < len(key); i++ {
-		c := key[i]
-		letter := c == '_' || ('A' <= c && c <= 'Z') || ('a' <= c && c <= 'z')
-		if !letter && (i == 0 || c < '0' || c > '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // parser reads typed values, collecting a problem per bad variable instead of
@@ -556,8 +453,15 @@ func maskDatabaseURL(raw string) string {
 			u.User = url.UserPassword(u.User.Username(), maskedPassword)
 		}
 	}
-	if q := u.Query(); q.Has("password") {
-		q.Set("password", maskedPassword)
+	// libpq reads parameter names case-insensitively: so does the mask.
+	q, masked := u.Query(), false
+	for k := range q {
+		if strings.EqualFold(k, "password") {
+			q[k] = []string{maskedPassword}
+			masked = true
+		}
+	}
+	if masked {
 		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()

@@ -575,6 +575,7 @@ func TestMaskDatabaseURL(t *testing.T) {
 		{"postgres://h/db?password=secret&sslmode=disable", "postgres://h/db?password=xxxxx&sslmode=disable"},
 		{"postgres://u:s1@h/db?password=s2&password=s3", "postgres://u:xxxxx@h/db?password=xxxxx"},
 		{"postgres://u:p%40ss@h/db", "postgres://u:xxxxx@h/db"},
+		{"postgres://h/db?Password=secret&PASSWORD=s2", "postgres://h/db?PASSWORD=xxxxx&Password=xxxxx"},
 		{"postgres://u:secret%zz@h/db", "(unparsable URL)"},
 	}
 	for _, tt := range tests {

@@ -145,8 +145,9 @@ func (d deadlineDialer) DialTimeout(network, addr string, timeout time.Duration)
 }
 
 func (d deadlineDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var nd net.Dialer
-	nd.KeepAlive = 30 * time.Second
+	// Without a read deadline (the migrations' pool) keepalive probes are
+	// what ends a read from a peer that vanished: about 30 s.
+	nd := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}}
 	c, err := nd.DialContext(ctx, network, addr)
 	if err != nil || d.ioTimeout <= 0 {
 		return c, err
@@ -337,7 +338,10 @@ func translateDBError(err error) error {
 		return err // a bug in a query: INTERNAL_ERROR
 	}
 	var ne net.Error
+	// "sql: database is closed" has no sentinel: it is what a request cut by
+	// SHUTDOWN_TIMEOUT meets once the pools close under it.
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, sql.ErrConnDone) || err.Error() == "sql: database is closed" ||
 		errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.As(err, &ne) {
 		return &apiError{Code: codeDatabase, Message: "The database is unavailable, try again later", Cause: err}

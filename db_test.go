@@ -511,6 +511,12 @@ func TestDatabaseTranslateDBError(t *testing.T) {
 			var n int
 			return dead.db.queryRow(ctx, "SELECT 1", nil, &n)
 		}, codeDatabase, http.StatusServiceUnavailable, "unavailable", "refused"},
+		{"pool closed (a request cut by shutdown)", func() error {
+			closed, _ := newTestServer(t, testConfig(t, adminDatabaseURL()))
+			closed.db.close()
+			var n int
+			return closed.db.queryRow(ctx, "SELECT 1", nil, &n)
+		}, codeDatabase, http.StatusServiceUnavailable, "unavailable", "closed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

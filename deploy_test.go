@@ -617,54 +617,10 @@ func selfSignedPEM(t *testing.T) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-var (
-	zenspaBinaryOnce sync.Once
-	zenspaBinaryPath string
-	zenspaBinaryErr  error
-)
-
-// zenspaBinary builds the zenspa binary once per test run and returns its
-// path, for tests that need a real child process.
-func zenspaBinary(t *testing.T) string {
-	t.Helper()
-	zenspaBinaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "zenspa-bin-")
-		if err != nil {
-			zenspaBinaryErr = err
-			return
-		}
-		zenspaBinaryPath = filepath.Join(dir, "zenspa")
-		out, err := exec.Command("go", "build", "-o", zenspaBinaryPath, ".").CombinedOutput()
-		if err != nil {
-			zenspaBinaryErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if zenspaBinaryErr != nil {
-		t.Fatal(zenspaBinaryErr)
-	}
-	return zenspaBinaryPath
-}
-
-// processEnv is the environment of a zenspa child process: PATH, testEnv's
-// working configuration and the given KEY=VALUE pairs.
+// processEnv is procEnv with DATABASE_URL set to databaseURL.
 func processEnv(t *testing.T, databaseURL string, kv ...string) []string {
 	t.Helper()
-	lookup := testEnv(t, databaseURL, kv...)
-	env := []string{"PATH=" + os.Getenv("PATH")}
-	keys := []string{"ENV_FILE", "DATABASE_URL", "REDIS_HOST", "REDIS_PORT", "DB_CONNECT_ATTEMPTS",
-		"DB_CONNECT_TIMEOUT", "HEALTH_CHECK_TIMEOUT", "LOG_LEVEL"}
-	for _, pair := range kv {
-		k, _, _ := strings.Cut(pair, "=")
-		keys = append(keys, k)
-	}
-	seen := map[string]bool{}
-	for _, k := range keys {
-		if v, ok := lookup(k); ok && !seen[k] {
-			seen[k] = true
-			env = append(env, k+"="+v)
-		}
-	}
-	return env
+	return procEnv(t, append([]string{"DATABASE_URL=" + databaseURL}, kv...)...)
 }
 
 // waitUntilReady polls base/health/ready until it answers 200, for 10 s at

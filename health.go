@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -190,7 +191,43 @@ type checkBody struct {
 
 // health returns the common body with the given status.
 func (s *server) health(healthy bool) healthBody {
-	return healthBody{Status: statusWord(healthy), Timestamp: now(), Service: s.cfg.AppName, Version: s.cfg.AppVersion}
+	return healthBody{Status: statusWord(healthy), Timestamp: s.clock.now(), Service: s.cfg.AppName, Version: s.cfg.AppVersion}
+}
+
+// healthEncoder writes the health bodies of fixed shape without reflection:
+// the fields the configuration fixes are encoded once, by encoding/json, when
+// a handler is built, and a request appends only its status, timestamp and
+// check figures. The bytes are json.Marshal's for healthBody, dbHealthBody
+// and redisHealthBody, plus writeJSON's newline.
+type healthEncoder struct {
+	tail []byte // from the quote closing the timestamp to the version
+}
+
+// newHealthEncoder encodes the fixed fields of cfg.
+func newHealthEncoder(cfg config) healthEncoder {
+	b := append([]byte(nil), `","service":`...)
+	b = appendJSONString(b, cfg.AppName)
+	b = append(b, `,"version":`...)
+	b = appendJSONString(b, cfg.AppVersion)
+	return healthEncoder{tail: b}
+}
+
+// body returns an empty buffer large enough for a whole body.
+func (e healthEncoder) body() []byte { return make([]byte, 0, len(e.tail)+160) }
+
+// head appends the fields of healthBody, leaving the object open.
+func (e healthEncoder) head(b []byte, healthy bool, timestamp string) []byte {
+	b = append(b, `{"status":"`...)
+	b = append(b, statusWord(healthy)...)
+	b = append(b, `","timestamp":"`...)
+	b = append(b, timestamp...) // RFC 3339: nothing to escape
+	return append(b, e.tail...)
+}
+
+// appendJSONString appends s as encoding/json writes it, quoted and escaped.
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always encodes
+	return append(b, q...)
 }
 
 // statusWord is "healthy" or "unhealthy".
@@ -212,35 +249,55 @@ func statusCode(healthy bool) int {
 // handleHealth answers liveness: the process serves. It touches no
 // dependency.
 func (s *server) handleHealth() http.Handler {
+	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, s.health(true))
+		b := enc.head(enc.body(), true, s.clock.now())
+		writeSmallJSONBody(w, http.StatusOK, append(b, "}\n"...))
 	})
 }
 
-// handleHealthDB reports whether PostgreSQL answers.
+// handleHealthDB reports whether PostgreSQL answers, in a dbHealthBody.
 func (s *server) handleHealthDB() http.Handler {
+	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.dbCheck.check(r.Context())
-		writeJSON(w, statusCode(res.ok()), dbHealthBody{
-			healthBody:     s.health(res.ok()),
-			Database:       "postgresql",
-			Connected:      res.ok(),
-			ResponseTimeMS: res.responseTimeMS(),
-		})
+		b := enc.head(enc.body(), res.ok(), s.clock.now())
+		b = append(b, `,"database":"postgresql"`...)
+		writeSmallJSONBody(w, statusCode(res.ok()), appendCheck(b, res))
 	})
 }
 
-// handleHealthRedis reports whether Redis answers.
+// handleHealthRedis reports whether Redis answers, in a redisHealthBody.
 func (s *server) handleHealthRedis() http.Handler {
+	enc := newHealthEncoder(s.cfg)
+	addr := appendJSONString([]byte(`,"redis":`), s.cfg.redisAddr())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.redisCheck.check(r.Context())
-		writeJSON(w, statusCode(res.ok()), redisHealthBody{
-			healthBody:     s.health(res.ok()),
-			Redis:          s.cfg.redisAddr(),
-			Connected:      res.ok(),
-			ResponseTimeMS: res.responseTimeMS(),
-		})
+		b := enc.head(enc.body(), res.ok(), s.clock.now())
+		b = append(b, addr...)
+		writeSmallJSONBody(w, statusCode(res.ok()), appendCheck(b, res))
 	})
+}
+
+// appendCheck appends the connected and response_time_ms fields of a check
+// and closes the body.
+func appendCheck(b []byte, res checkResult) []byte {
+	b = append(b, `,"connected":`...)
+	b = strconv.AppendBool(b, res.ok())
+	b = append(b, `,"response_time_ms":`...)
+	b = appendJSONFloat(b, res.responseTimeMS())
+	return append(b, "}\n"...)
+}
+
+// appendJSONFloat appends f as encoding/json writes a float64. A response
+// time is 0 or from 0.01 to thousands of milliseconds, where both use the
+// shortest decimal form; anything else goes to encoding/json itself.
+func appendJSONFloat(b []byte, f float64) []byte {
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		q, _ := json.Marshal(f)
+		return append(b, q...)
+	}
+	return strconv.AppendFloat(b, f, 'f', -1, 64)
 }
 
 // handleReady reports readiness: PostgreSQL answers and the server is not
@@ -271,10 +328,10 @@ func (s *server) handleReady() http.Handler {
 }
 
 // healthcheck is `zenspa healthcheck [--url URL] [--timeout 3s]`: it asks
-// /health/ready of the local instance (http://127.0.0.1:$PORT unless --url
-// names another), prints one line and exits 0 when ready, 1 otherwise. It
-// needs no DATABASE_URL, so it suits Docker HEALTHCHECK and watchdog scripts
-// on machines without curl.
+// /health/ready of the local instance (http://$HOST:$PORT, 127.0.0.1 when
+// HOST listens everywhere, unless --url names another), prints one line and
+// exits 0 when ready, 1 otherwise. It needs no DATABASE_URL, so it suits
+// Docker HEALTHCHECK and watchdog scripts on machines without curl.
 func healthcheck(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -287,11 +344,11 @@ func healthcheck(ctx context.Context, args []string, lookupEnv func(string) (str
 		return &usageError{fmt.Sprintf("healthcheck: unexpected argument %q", fs.Arg(0))}
 	}
 	if *base == "" {
-		port, err := loadPort(lookupEnv)
+		addr, err := loadProbeAddr(lookupEnv)
 		if err != nil {
 			return err
 		}
-		*base = "http://127.0.0.1:" + strconv.Itoa(port)
+		*base = "http://" + addr
 	}
 	target := strings.TrimSuffix(*base, "/")
 	if !strings.HasSuffix(target, "/health/ready") {
@@ -304,7 +361,7 @@ func healthcheck(ctx context.Context, args []string, lookupEnv func(string) (str
 	if err != nil {
 		return &usageError{fmt.Sprintf("healthcheck: bad --url: %v", err)}
 	}
-	client := &http.Client{Transport: &http.Transport{}} // no proxy for a local probe
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}} // no proxy for a local probe
 	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(stdout, "not ready: %s: %v\n", target, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -197,15 +198,23 @@ func startTestServer(t testing.TB, s *server) *httptest.Server {
 	return ts
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago, for a child
+// process or server that must listen on a port named in advance. It picks
+// below Linux's ephemeral range (32768 and up), where the outgoing
+// connections of parallel tests cannot take the port before the child
+// listens on it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 20000 + mathrand.IntN(12000)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free loopback port between 20000 and 32000")
+	return 0
 }
 
 // silentListener accepts connections and never answers: a dependency that is
@@ -380,9 +389,43 @@ func scanForSecrets(where string, p []byte) {
 	}
 }
 
-// TestMain runs the tests, then the secret scan over all they saw.
+// zenspaBinary builds the zenspa binary once per test run, into a directory
+// TestMain removes, and returns its path, for tests that need a real child
+// process.
+func zenspaBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "zenspa-bin-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.dir, built.path = dir, filepath.Join(dir, "zenspa")
+		out, err := exec.Command("go", "build", "-o", built.path, ".").CombinedOutput()
+		if err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.path
+}
+
+// built is the binary zenspaBinary made.
+var built struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+// TestMain runs the tests, removes the built binary, then runs the secret
+// scan over all the tests saw.
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
 	secretScan.mu.Lock()
 	defer secretScan.mu.Unlock()
 	if len(secretScan.leaks) > 0 {
@@ -392,7 +435,7 @@ func TestMain(m *testing.M) {
 		}
 		code = 1
 	} else if code == 0 {
-		fmt.Printf("secret scan: no sentinel password in %d bytes of output and responses\n", secretScan.scanned)
+		fmt.Printf("secret scan: none of %d sentinel passwords in %d bytes of output and responses\n", len(sentinels()), secretScan.scanned)
 	}
 	os.Exit(code)
 }

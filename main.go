@@ -130,7 +130,7 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	if cfg.LogFile != "" {
 		f, err := openLogFile(cfg.LogFile)
 		if err != nil {
-			return err
+			return &configError{problems: []string{err.Error()}}
 		}
 		defer f.Close()
 		logOut = f
@@ -325,6 +325,7 @@ type server struct {
 	dbCheck      *checker
 	redisCheck   *checker
 	metrics      *metrics // nil when METRICS_ENABLED is false
+	clock        clock    // the response timestamps
 	shuttingDown atomic.Bool
 }
 

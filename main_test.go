@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,7 +218,7 @@ func TestProcessServerLimits(t *testing.T) {
 
 func TestProcessBinary(t *testing.T) {
 	t.Parallel()
-	bin := buildProcBinary(t)
+	bin := zenspaBinary(t)
 
 	t.Run("version needs no configuration", func(t *testing.T) {
 		t.Parallel()
@@ -506,21 +505,6 @@ func (p *procRun) wait(t *testing.T, limit time.Duration) error {
 		t.Fatalf("run still running %s after its context ended; log:\n%s", limit, p.logs)
 		return nil
 	}
-}
-
-// buildProcBinary builds zenspa into the test's temporary directory.
-func buildProcBinary(t *testing.T) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "zenspa")
-	out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // procEnv is the environment of a zenspa child: PATH and a working

@@ -110,10 +110,12 @@ func (s *server) recoverPanics(next http.Handler) http.Handler {
 type requestIDKey struct{}
 
 // requestIDContext is a request's context with its ID: one allocation, where
-// context.WithValue takes a second one to box the string.
+// context.WithValue takes a second one to box the string. It also holds the
+// value of the X-Request-ID response header, which would be a third.
 type requestIDContext struct {
 	context.Context
-	id string
+	id     string
+	header [1]string
 }
 
 // Value answers requestIDKey with the context itself, so that requestIDFrom
@@ -147,8 +149,9 @@ func requestID(next http.Handler) http.Handler {
 		if !validRequestID(id) {
 			id = newRequestID()
 		}
-		w.Header()[key] = []string{id}
-		next.ServeHTTP(w, r.WithContext(&requestIDContext{Context: r.Context(), id: id}))
+		ctx := &requestIDContext{Context: r.Context(), id: id, header: [1]string{id}}
+		w.Header()[key] = ctx.header[:]
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
@@ -193,19 +196,24 @@ func newRequestID() string {
 // securityHeaders sets the browser-hardening headers on every response,
 // errors and preflights included.
 func securityHeaders(next http.Handler) http.Handler {
-	// Built once: the header values are shared, read-only slices.
-	headers := map[string][]string{
-		"X-Content-Type-Options":            {"nosniff"},
-		"X-Frame-Options":                   {"DENY"},
-		"X-Xss-Protection":                  {"1; mode=block"},
-		"Strict-Transport-Security":         {"max-age=31536000; includeSubDomains"},
-		"X-Permitted-Cross-Domain-Policies": {"none"},
-		"Referrer-Policy":                   {"strict-origin-when-cross-origin"},
+	// Built once: the header values are shared, read-only slices, in a slice
+	// rather than a map because ranging over a map costs more than the six
+	// assignments.
+	headers := []struct {
+		name  string // canonical
+		value []string
+	}{
+		{"X-Content-Type-Options", []string{"nosniff"}},
+		{"X-Frame-Options", []string{"DENY"}},
+		{"X-Xss-Protection", []string{"1; mode=block"}},
+		{"Strict-Transport-Security", []string{"max-age=31536000; includeSubDomains"}},
+		{"X-Permitted-Cross-Domain-Policies", []string{"none"}},
+		{"Referrer-Policy", []string{"strict-origin-when-cross-origin"}},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		for k, v := range headers {
-			h[k] = v
+		for _, hv := range headers {
+			h[hv.name] = hv.value
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -215,6 +223,12 @@ func securityHeaders(next http.Handler) http.Handler {
 // health probes whatever their status, so that probes do not flood the log.
 func (s *server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A health probe logs at DEBUG whatever its answer: with DEBUG off
+		// there is nothing to time or to write.
+		if !s.log.Enabled(r.Context(), slog.LevelDebug) && isProbe(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		start := time.Now()
 		rec := recorder(w)
 		defer func() {
@@ -279,14 +293,21 @@ func (s *server) cors(next http.Handler) http.Handler {
 	for _, o := range s.cfg.CORSOrigins {
 		allowed[o] = true
 	}
+	varyOrigin := []string{"Origin"} // read-only, shared by every response
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Every answer depends on Origin, also one to a request without it:
+		// a shared cache must not hand it to a cross-origin request.
+		h := w.Header()
+		if _, set := h["Vary"]; set {
+			h.Add("Vary", "Origin")
+		} else {
+			h["Vary"] = varyOrigin
+		}
 		origin := r.Header.Get("Origin")
 		if origin == "" {
 			next.ServeHTTP(w, r)
 			return
 		}
-		h := w.Header()
-		h.Add("Vary", "Origin")
 		ok := allowed[origin]
 		preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
 		if ok {

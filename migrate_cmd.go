@@ -19,10 +19,12 @@ import (
 
 // runMigrate runs `zenspa migrate …` against the migrations built into the
 // binary. SIGINT or SIGTERM cancels it: PostgreSQL rolls back the migration in
-// flight.
+// flight. A second signal ends the process at once, in case PostgreSQL does
+// not answer the cancellation.
 func runMigrate(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop)
 	c := migrateCommand{schema: builtinMigrations(), workDir: ".", lookupEnv: lookupEnv, stdout: stdout, stderr: stderr}
 	return c.run(ctx, args)
 }

@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# services.sh makes sure what zenspa and its tests need is here and running:
-# a PostgreSQL and a Redis answering on 127.0.0.1, the zenspa role and
-# database, and the tools the tests call (redis-server for private instances,
-# gcc for the race detector). What already runs is only used, never restarted;
-# what is missing is installed from the OS packages and started.
+# services.sh makes sure what zenspa needs is here and running: a PostgreSQL
+# and a Redis answering on 127.0.0.1, and the zenspa role and database.
+# With --test (make test) also the zenspa_test role and the tools the tests
+# call: gcc for the race detector, pgbouncer, systemd-analyze, logrotate,
+# promtool, node/npm and Chromium; with --bench (make bench) also wrk, the
+# load generator. What already runs is only used, never restarted; what is
+# missing is installed from the OS packages (Debian's names) and started.
 set -euo pipefail
+
+for_tests=
+for_bench=
+case "${1:-}" in
+--test) for_tests=1 ;;
+--bench) for_bench=1 ;;
+"") ;;
+*)
+	echo "usage: services.sh [--test|--bench]" >&2
+	exit 2
+	;;
+esac
 
 PG_PORT=5432
 REDIS_PORT=6379
@@ -67,13 +81,26 @@ ensure_postgres() {
 	fi
 	command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 
-	# The roles may create databases: every test gets a database of its own.
-	ensure_role "$DB_USER" "$DB_PASSWORD"
-	ensure_role "$TEST_USER" "$TEST_PASSWORD"
-	if [ "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
-		log "creating database $DB_NAME"
-		psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
+	# A server where both already log in needs no superuser of ours (a
+	# PostgreSQL in a container, say); otherwise the roles and the database
+	# are created. The roles may create databases: every test gets its own.
+	if ! can_login "$DB_USER" "$DB_PASSWORD" "$DB_NAME"; then
+		ensure_role "$DB_USER" "$DB_PASSWORD"
+		if [ "$(psql_admin -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]; then
+			log "creating database $DB_NAME"
+			psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
+		fi
 	fi
+	if [ -n "$for_tests" ] && ! can_login "$TEST_USER" "$TEST_PASSWORD" postgres; then
+		ensure_role "$TEST_USER" "$TEST_PASSWORD"
+		# The tests' password is a known value: set it even on an old role.
+		psql_admin -c "ALTER ROLE $TEST_USER LOGIN CREATEDB PASSWORD '$TEST_PASSWORD'" >/dev/null
+	fi
+}
+
+# can_login reports whether user/password reaches database over TCP.
+can_login() {
+	PGPASSWORD="$2" psql -w -X -h 127.0.0.1 -p "$PG_PORT" -U "$1" -d "$3" -Atc "SELECT 1" >/dev/null 2>&1
 }
 
 # ensure_role creates a login role that may create databases, if missing.
@@ -128,7 +155,17 @@ ensure_tools() {
 	fi
 }
 
+# ensure_bench_tools installs wrk, which scripts/bench.sh drives.
+ensure_bench_tools() {
+	command -v wrk >/dev/null 2>&1 || apt_install wrk
+}
+
 ensure_postgres
 ensure_redis
-ensure_tools
+if [ -n "$for_tests" ]; then
+	ensure_tools
+fi
+if [ -n "$for_bench" ]; then
+	ensure_bench_tools
+fi
 log "PostgreSQL on 127.0.0.1:$PG_PORT and Redis on 127.0.0.1:$REDIS_PORT are ready"
