@@ -75,7 +75,7 @@ fuzz:
 	done
 
 ## bench: the load benchmark in BENCHMARKS.md, not part of `make test`: wrk
-## against a `make build` binary and a bare net/http baseline, about four
+## against a `make build` binary and a bare net/http baseline, about seven
 ## minutes. BENCH_ARGS go to bench/run, for example BENCH_ARGS='-rounds 1'.
 BENCH_ARGS ?=
 bench:

@@ -200,7 +200,8 @@ func (s *server) health(healthy bool) healthBody {
 // check figures. The bytes are json.Marshal's for healthBody, dbHealthBody
 // and redisHealthBody, plus writeJSON's newline.
 type healthEncoder struct {
-	tail []byte // from the quote closing the timestamp to the version
+	tail    []byte     // from the quote closing the timestamp to the version
+	buffers *sync.Pool // of *[]byte: Write copies a body, so its buffer serves again
 }
 
 // newHealthEncoder encodes the fixed fields of cfg.
@@ -209,11 +210,21 @@ func newHealthEncoder(cfg config) healthEncoder {
 	b = appendJSONString(b, cfg.AppName)
 	b = append(b, `,"version":`...)
 	b = appendJSONString(b, cfg.AppVersion)
-	return healthEncoder{tail: b}
+	size := len(b) + 160 // the rest of the longest body, but for a long Redis address
+	return healthEncoder{tail: b, buffers: &sync.Pool{New: func() any {
+		buf := make([]byte, 0, size)
+		return &buf
+	}}}
 }
 
-// body returns an empty buffer large enough for a whole body.
-func (e healthEncoder) body() []byte { return make([]byte, 0, len(e.tail)+160) }
+// buffer returns an empty buffer for a body; recycle takes it back once body,
+// built in it, has been written.
+func (e healthEncoder) buffer() *[]byte { return e.buffers.Get().(*[]byte) }
+
+func (e healthEncoder) recycle(buf *[]byte, body []byte) {
+	*buf = body[:0]
+	e.buffers.Put(buf)
+}
 
 // head appends the fields of healthBody, leaving the object open.
 func (e healthEncoder) head(b []byte, healthy bool, timestamp string) []byte {
@@ -251,8 +262,10 @@ func statusCode(healthy bool) int {
 func (s *server) handleHealth() http.Handler {
 	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b := enc.head(enc.body(), true, s.clock.now())
-		writeSmallJSONBody(w, http.StatusOK, append(b, "}\n"...))
+		buf := enc.buffer()
+		b := append(enc.head(*buf, true, s.clock.now()), "}\n"...)
+		writeSmallJSONBody(w, http.StatusOK, b)
+		enc.recycle(buf, b)
 	})
 }
 
@@ -261,9 +274,11 @@ func (s *server) handleHealthDB() http.Handler {
 	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.dbCheck.check(r.Context())
-		b := enc.head(enc.body(), res.ok(), s.clock.now())
-		b = append(b, `,"database":"postgresql"`...)
-		writeSmallJSONBody(w, statusCode(res.ok()), appendCheck(b, res))
+		buf := enc.buffer()
+		b := append(enc.head(*buf, res.ok(), s.clock.now()), `,"database":"postgresql"`...)
+		b = appendCheck(b, res)
+		writeSmallJSONBody(w, statusCode(res.ok()), b)
+		enc.recycle(buf, b)
 	})
 }
 
@@ -273,9 +288,11 @@ func (s *server) handleHealthRedis() http.Handler {
 	addr := appendJSONString([]byte(`,"redis":`), s.cfg.redisAddr())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.redisCheck.check(r.Context())
-		b := enc.head(enc.body(), res.ok(), s.clock.now())
-		b = append(b, addr...)
-		writeSmallJSONBody(w, statusCode(res.ok()), appendCheck(b, res))
+		buf := enc.buffer()
+		b := append(enc.head(*buf, res.ok(), s.clock.now()), addr...)
+		b = appendCheck(b, res)
+		writeSmallJSONBody(w, statusCode(res.ok()), b)
+		enc.recycle(buf, b)
 	})
 }
 
