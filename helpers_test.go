@@ -339,6 +339,26 @@ func do(t testing.TB, method, target string, header http.Header, body io.Reader)
 	return resp.StatusCode, resp.Header, b
 }
 
+// trickleHeader is a slowloris client: it writes prefix to conn, then one
+// header byte per interval until stop closes or a write fails.
+func trickleHeader(conn net.Conn, prefix string, interval time.Duration, stop <-chan struct{}) {
+	if _, err := io.WriteString(conn, prefix); err != nil {
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			if _, err := conn.Write([]byte("a")); err != nil {
+				return
+			}
+		}
+	}
+}
+
 // discardLogger is for code under test whose log the test does not read.
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

@@ -303,21 +303,7 @@ func hostileSlowloris(t *testing.T, addr, name, prefix string) {
 	writer.Add(1)
 	go func() {
 		defer writer.Done()
-		if _, err := io.WriteString(conn, prefix); err != nil {
-			return
-		}
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				if _, err := conn.Write([]byte("a")); err != nil {
-					return
-				}
-			}
-		}
+		trickleHeader(conn, prefix, time.Second, stop)
 	}()
 	_ = conn.SetReadDeadline(start.Add(12 * time.Second))
 	n, err := io.Copy(io.Discard, conn) // until the server hangs up

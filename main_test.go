@@ -181,21 +181,7 @@ func TestProcessServerLimits(t *testing.T) {
 		stop, wrote := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(wrote)
-			if _, err := io.WriteString(conn, "GET /health HTTP/1.1\r\nHost: zenspa\r\nX-Slow: "); err != nil {
-				return
-			}
-			tick := time.NewTicker(500 * time.Millisecond)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-					if _, err := conn.Write([]byte("a")); err != nil {
-						return
-					}
-				}
-			}
+			trickleHeader(conn, "GET /health HTTP/1.1\r\nHost: zenspa\r\nX-Slow: ", 500*time.Millisecond, stop)
 		}()
 		defer func() {
 			close(stop)
