@@ -113,22 +113,6 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 	return cfg, nil
 }
 
-// envGetter returns a lookup over the environment and the .env file, the
-// environment winning, and a description of the file read.
-func envGetter(lookupEnv func(string) (string, bool)) (func(string) string, string, error) {
-	fileVars, source, err := readEnvFile(lookupEnv)
-	if err != nil {
-		return nil, "", err
-	}
-	get := func(key string) string {
-		if v, ok := lookupEnv(key); ok {
-			return strings.TrimSpace(v)
-		}
-		return strings.TrimSpace(fileVars[key])
-	}
-	return get, source, nil
-}
-
 // loadProbeAddr reads only HOST and PORT, for commands that must work
 // without the rest of the configuration (zenspa healthcheck needs no
 // DATABASE_URL), and returns where a local client reaches the server.
@@ -156,38 +140,6 @@ type configError struct {
 
 func (e *configError) Error() string {
 	return "invalid configuration:\n  " + strings.Join(e.problems, "\n  ")
-}
-
-// readEnvFile reads ENV_FILE, or .env when ENV_FILE is not set. A missing
-// default file is fine; a missing named file is not. It returns the variables
-// and a description of what was read.
-func readEnvFile(lookupEnv func(string) (string, bool)) (map[string]string, string, error) {
-	name, named := lookupEnv("ENV_FILE")
-	if !named || name == "" {
-		name, named = defaultEnvFile, false
-	}
-	data, err := os.ReadFile(name)
-	if err != nil {
-		if !named && errors.Is(err, os.ErrNotExist) {
-			return map[string]string{}, "none", nil
-		}
-		return nil, "", &configError{problems: []string{fmt.Sprintf("ENV_FILE: cannot read %q: %v", name, unwrapPathError(err))}}
-	}
-	vars, err := parseDotenv(name, data)
-	if err != nil {
-		return nil, "", &configError{problems: []string{err.Error()}}
-	}
-	return vars, name, nil
-}
-
-// unwrapPathError drops the file name from an *os.PathError, which the caller
-// already names.
-func unwrapPathError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // parser reads typed values, collecting a problem per bad variable instead of
@@ -416,26 +368,47 @@ func (p *parser) databaseURL(key, v string) string {
 	return v
 }
 
-// dbTarget describes where DATABASE_URL points, without credentials.
-type dbTarget struct {
-	Host, Port, Database, User string
+// listenAddress reads a host:port to listen on, such as METRICS_ADDR; empty
+// stays empty. An empty host means every interface.
+func (p *parser) listenAddress(key string) string {
+	v := p.get(key)
+	if v == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(v)
+	n, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || n < 1 || n > 65535 {
+		p.fail(key, "must be host:port with a port from 1 to 65535, such as 127.0.0.1:9100, got %q", v)
+		return ""
+	}
+	return v
 }
 
-// parseDBTarget extracts host, port, database and user for messages.
-func parseDBTarget(raw string) dbTarget {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return dbTarget{}
+// assetBaseURL reads DOCS_ASSET_BASE_URL: an http or https URL with no query,
+// fragment or credentials, and none of the characters that would end a
+// source in the pages' Content-Security-Policy. It is returned without its
+// trailing slash.
+func (p *parser) assetBaseURL(key, def string) string {
+	v := strings.TrimRight(p.str(key, def), "/")
+	u, err := url.Parse(v)
+	switch {
+	// These two are not quoted: the value may hold a password.
+	case err != nil:
+		p.fail(key, "is not a valid URL")
+	case u.User != nil:
+		p.fail(key, "must not hold credentials")
+	case u.Scheme != "http" && u.Scheme != "https":
+		p.fail(key, "must start with http:// or https://, got %q", v)
+	case u.Host == "":
+		p.fail(key, "has no host, got %q", v)
+	case u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(v, "?#"):
+		p.fail(key, "must not have a query or a fragment, got %q", v)
+	case strings.ContainsAny(v, ";,'\" \t\r\n"):
+		p.fail(key, "must not contain ; , quotes or spaces, got %q", v)
+	default:
+		return v
 	}
-	t := dbTarget{Host: u.Hostname(), Port: u.Port(), Database: strings.TrimPrefix(u.Path, "/"), User: u.User.Username()}
-	if t.Port == "" {
-		t.Port = "5432"
-	}
-	return t
-}
-
-func (t dbTarget) String() string {
-	return fmt.Sprintf("%s@%s/%s", t.User, net.JoinHostPort(t.Host, t.Port), t.Database)
+	return def
 }
 
 // maskedPassword replaces secrets wherever they are shown.

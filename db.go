@@ -65,6 +65,24 @@ func openDatabase(cfg config, log *slog.Logger) (*database, error) {
 	return d, nil
 }
 
+// openMigrateDB opens a pool of the migrations' own and checks, in one
+// attempt bounded by DB_CONNECT_TIMEOUT, that PostgreSQL answers. Its
+// connections have no read deadline, unlike the server's: one statement of a
+// migration (an index build) may rightly run for many minutes.
+func openMigrateDB(ctx context.Context, cfg config) (*sql.DB, error) {
+	c, err := newConnector(cfg.DatabaseURL, cfg.DBConnectTimeout, 0)
+	if err != nil {
+		return nil, err
+	}
+	// One attempt logs nothing: the error says it all.
+	d := &database{pool: sql.OpenDB(c), log: slog.New(slog.DiscardHandler), target: parseDBTarget(cfg.DatabaseURL)}
+	if err := d.connectWithRetry(ctx, 1, 0, cfg.DBConnectTimeout); err != nil {
+		d.pool.Close()
+		return nil, err
+	}
+	return d.pool, nil
+}
+
 // newConnector returns a lib/pq connector whose connections time out the
 // handshake after connectTimeout and every read after ioTimeout (0: never).
 func newConnector(dsn string, connectTimeout, ioTimeout time.Duration) (driver.Connector, error) {
@@ -197,8 +215,12 @@ func (d *database) connectWithRetry(ctx context.Context, attempts int, backoff, 
 			return ctx.Err()
 		}
 		if attempt >= attempts {
-			return fmt.Errorf("cannot connect to PostgreSQL at host %s port %s database %q after %d attempts: %w%s",
-				d.target.Host, d.target.Port, d.target.Database, attempts, err, tlsHint(err))
+			tries := ""
+			if attempts > 1 {
+				tries = fmt.Sprintf(" after %d attempts", attempts)
+			}
+			return fmt.Errorf("cannot connect to PostgreSQL at host %s port %s database %q%s: %w%s",
+				d.target.Host, d.target.Port, d.target.Database, tries, err, tlsHint(err))
 		}
 		d.log.WarnContext(ctx, "database not reachable, retrying",
 			"attempt", attempt, "attempts", attempts, "retry_in", wait.String(),
@@ -352,4 +374,26 @@ func translateDBError(err error) error {
 // close closes both pools.
 func (d *database) close() error {
 	return errors.Join(d.pool.Close(), d.probe.Close())
+}
+
+// dbTarget describes where DATABASE_URL points, without credentials.
+type dbTarget struct {
+	Host, Port, Database, User string
+}
+
+// parseDBTarget extracts host, port, database and user for messages.
+func parseDBTarget(raw string) dbTarget {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return dbTarget{}
+	}
+	t := dbTarget{Host: u.Hostname(), Port: u.Port(), Database: strings.TrimPrefix(u.Path, "/"), User: u.User.Username()}
+	if t.Port == "" {
+		t.Port = "5432"
+	}
+	return t
+}
+
+func (t dbTarget) String() string {
+	return fmt.Sprintf("%s@%s/%s", t.User, net.JoinHostPort(t.Host, t.Port), t.Database)
 }

@@ -8,9 +8,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"net/url"
-	"strconv"
-	"strings"
 )
 
 // openAPIDocument is the hand-written OpenAPI 3.1 description of every route.
@@ -210,7 +207,7 @@ func (s *server) handleDocsPage(base string, page docsPage) http.Handler {
 	body := html.Bytes()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Security-Policy", page.CSP)
-		writeBody(w, "text/html; charset=utf-8", body)
+		writeBody(w, http.StatusOK, "text/html; charset=utf-8", body)
 	})
 }
 
@@ -234,43 +231,6 @@ Redoc.init("/openapi.json", {}, document.getElementById("redoc"));
 func handleScript(script string) http.Handler {
 	body := []byte(script)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeBody(w, "text/javascript; charset=utf-8", body)
+		writeBody(w, http.StatusOK, "text/javascript; charset=utf-8", body)
 	})
-}
-
-// writeBody sends a 200 with a body that is not JSON: the documentation
-// pages and their scripts. Everything else goes through writeJSON.
-func writeBody(w http.ResponseWriter, contentType string, body []byte) {
-	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body) // the client may be gone; nothing to do about it
-}
-
-// assetBaseURL reads DOCS_ASSET_BASE_URL: an http or https URL with no query,
-// fragment or credentials, and none of the characters that would end a
-// source in the pages' Content-Security-Policy. It is returned without its
-// trailing slash.
-func (p *parser) assetBaseURL(key, def string) string {
-	v := strings.TrimRight(p.str(key, def), "/")
-	u, err := url.Parse(v)
-	switch {
-	// These two are not quoted: the value may hold a password.
-	case err != nil:
-		p.fail(key, "is not a valid URL")
-	case u.User != nil:
-		p.fail(key, "must not hold credentials")
-	case u.Scheme != "http" && u.Scheme != "https":
-		p.fail(key, "must start with http:// or https://, got %q", v)
-	case u.Host == "":
-		p.fail(key, "has no host, got %q", v)
-	case u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(v, "?#"):
-		p.fail(key, "must not have a query or a fragment, got %q", v)
-	case strings.ContainsAny(v, ";,'\" \t\r\n"):
-		p.fail(key, "must not contain ; , quotes or spaces, got %q", v)
-	default:
-		return v
-	}
-	return def
 }

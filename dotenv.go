@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 )
 
-// The .env file format, read by loadConfig besides the environment.
+// The .env file: finding it, and its format. loadConfig reads it besides the
+// environment.
 
 // parseDotenv parses the .env format: KEY=VALUE lines, optional "export ",
 // comments and blank lines, single quotes (literal), double quotes (with \n,
@@ -114,4 +116,52 @@ func validEnvKey(key string) bool {
 		}
 	}
 	return true
+}
+
+// envGetter returns a lookup over the environment and the .env file, the
+// environment winning, and a description of the file read.
+func envGetter(lookupEnv func(string) (string, bool)) (func(string) string, string, error) {
+	fileVars, source, err := readEnvFile(lookupEnv)
+	if err != nil {
+		return nil, "", err
+	}
+	get := func(key string) string {
+		if v, ok := lookupEnv(key); ok {
+			return strings.TrimSpace(v)
+		}
+		return strings.TrimSpace(fileVars[key])
+	}
+	return get, source, nil
+}
+
+// readEnvFile reads ENV_FILE, or .env when ENV_FILE is not set. A missing
+// default file is fine; a missing named file is not. It returns the variables
+// and a description of what was read.
+func readEnvFile(lookupEnv func(string) (string, bool)) (map[string]string, string, error) {
+	name, named := lookupEnv("ENV_FILE")
+	if !named || name == "" {
+		name, named = defaultEnvFile, false
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		if !named && errors.Is(err, os.ErrNotExist) {
+			return map[string]string{}, "none", nil
+		}
+		return nil, "", &configError{problems: []string{fmt.Sprintf("ENV_FILE: cannot read %q: %v", name, unwrapPathError(err))}}
+	}
+	vars, err := parseDotenv(name, data)
+	if err != nil {
+		return nil, "", &configError{problems: []string{err.Error()}}
+	}
+	return vars, name, nil
+}
+
+// unwrapPathError drops the file name from an *os.PathError, which the caller
+// already names.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 )
 
@@ -107,7 +106,7 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, status, errorEnvelope{
 		Status:    "error",
 		Error:     errorDetail{Code: ae.Code, Message: ae.Message, Details: ae.Details},
-		Timestamp: s.clock.now(),
+		Timestamp: now(),
 		RequestID: w.Header().Get(headerRequestID),
 	})
 }
@@ -124,8 +123,8 @@ func writeSuccess(w http.ResponseWriter, status int, data any, message string) {
 	writeJSON(w, status, successEnvelope{Status: "success", Data: data, Message: message})
 }
 
-// writeJSON is the one writer of response bodies. It marshals before touching
-// the headers, so a value that cannot be encoded becomes a clean 500.
+// writeJSON is the one writer of JSON response bodies. It marshals before
+// touching the headers, so a value that cannot be encoded becomes a clean 500.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -137,41 +136,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 			RequestID: w.Header().Get(headerRequestID),
 		})
 	}
-	writeJSONBody(w, status, append(body, '\n'))
+	writeBody(w, status, "application/json", append(body, '\n'))
 }
 
-// jsonContentType is the Content-Type of every JSON answer. It is assigned to
-// the header map as it is, a shared read-only value: Header.Set would
-// canonicalize the name and allocate a slice on every response.
-var jsonContentType = []string{"application/json"}
-
-// writeJSONBody sends body, encoded JSON with its final newline, and its
-// headers. writeJSON ends here; so do the health routes, which encode their
-// fixed-shape bodies themselves.
-func writeJSONBody(w http.ResponseWriter, status int, body []byte) {
-	h := w.Header()
-	h["Content-Type"] = jsonContentType
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(status)
-	_, _ = w.Write(body) // the client may be gone; nothing to do about it
-}
-
-// smallBodyMax is the largest body writeSmallJSONBody leaves to net/http to
-// measure: net/http holds up to 2 KiB of a response until the handler
-// returns, then sends it with a Content-Length of its own making.
-const smallBodyMax = 1 << 10
-
-// writeSmallJSONBody is writeJSONBody for the health probes, the hottest
-// path, minus the Content-Length header when net/http can add it itself. On
-// the wire the response is the same; the header map has one entry fewer for
-// net/http to clone and sort, and the length's string and slice are not
-// allocated.
-func writeSmallJSONBody(w http.ResponseWriter, status int, body []byte) {
-	if len(body) > smallBodyMax {
-		writeJSONBody(w, status, body)
-		return
-	}
-	w.Header()["Content-Type"] = jsonContentType
+// writeBody sends a whole body with its type and length: JSON through
+// writeJSON, and the rest (the docs pages and scripts, the metrics).
+func writeBody(w http.ResponseWriter, status int, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body) // the client may be gone; nothing to do about it
 }
@@ -179,28 +151,4 @@ func writeSmallJSONBody(w http.ResponseWriter, status int, body []byte) {
 // now is the response timestamp: RFC 3339 in UTC.
 func now() string {
 	return time.Now().UTC().Format(time.RFC3339)
-}
-
-// clock hands out the response timestamp, formatting it once per second:
-// every response within one second shares the string. Its zero value is
-// ready to use.
-type clock struct {
-	last atomic.Pointer[timestamp]
-}
-
-// timestamp is the formatted time of one Unix second.
-type timestamp struct {
-	unix int64
-	text string
-}
-
-// now returns what the package function now would.
-func (c *clock) now() string {
-	t := time.Now()
-	if last := c.last.Load(); last != nil && last.unix == t.Unix() {
-		return last.text
-	}
-	ts := &timestamp{unix: t.Unix(), text: t.UTC().Format(time.RFC3339)}
-	c.last.Store(ts)
-	return ts.text
 }

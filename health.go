@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -191,54 +189,7 @@ type checkBody struct {
 
 // health returns the common body with the given status.
 func (s *server) health(healthy bool) healthBody {
-	return healthBody{Status: statusWord(healthy), Timestamp: s.clock.now(), Service: s.cfg.AppName, Version: s.cfg.AppVersion}
-}
-
-// healthEncoder writes the health bodies of fixed shape without reflection:
-// the fields the configuration fixes are encoded once, by encoding/json, when
-// a handler is built, and a request appends only its status, timestamp and
-// check figures. The bytes are json.Marshal's for healthBody, dbHealthBody
-// and redisHealthBody, plus writeJSON's newline.
-type healthEncoder struct {
-	tail    []byte     // from the quote closing the timestamp to the version
-	buffers *sync.Pool // of *[]byte: Write copies a body, so its buffer serves again
-}
-
-// newHealthEncoder encodes the fixed fields of cfg.
-func newHealthEncoder(cfg config) healthEncoder {
-	b := append([]byte(nil), `","service":`...)
-	b = appendJSONString(b, cfg.AppName)
-	b = append(b, `,"version":`...)
-	b = appendJSONString(b, cfg.AppVersion)
-	size := len(b) + 160 // the rest of the longest body, but for a long Redis address
-	return healthEncoder{tail: b, buffers: &sync.Pool{New: func() any {
-		buf := make([]byte, 0, size)
-		return &buf
-	}}}
-}
-
-// buffer returns an empty buffer for a body; recycle takes it back once body,
-// built in it, has been written.
-func (e healthEncoder) buffer() *[]byte { return e.buffers.Get().(*[]byte) }
-
-func (e healthEncoder) recycle(buf *[]byte, body []byte) {
-	*buf = body[:0]
-	e.buffers.Put(buf)
-}
-
-// head appends the fields of healthBody, leaving the object open.
-func (e healthEncoder) head(b []byte, healthy bool, timestamp string) []byte {
-	b = append(b, `{"status":"`...)
-	b = append(b, statusWord(healthy)...)
-	b = append(b, `","timestamp":"`...)
-	b = append(b, timestamp...) // RFC 3339: nothing to escape
-	return append(b, e.tail...)
-}
-
-// appendJSONString appends s as encoding/json writes it, quoted and escaped.
-func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // a string always encodes
-	return append(b, q...)
+	return healthBody{Status: statusWord(healthy), Timestamp: now(), Service: s.cfg.AppName, Version: s.cfg.AppVersion}
 }
 
 // statusWord is "healthy" or "unhealthy".
@@ -260,61 +211,35 @@ func statusCode(healthy bool) int {
 // handleHealth answers liveness: the process serves. It touches no
 // dependency.
 func (s *server) handleHealth() http.Handler {
-	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		buf := enc.buffer()
-		b := append(enc.head(*buf, true, s.clock.now()), "}\n"...)
-		writeSmallJSONBody(w, http.StatusOK, b)
-		enc.recycle(buf, b)
+		writeJSON(w, http.StatusOK, s.health(true))
 	})
 }
 
-// handleHealthDB reports whether PostgreSQL answers, in a dbHealthBody.
+// handleHealthDB reports whether PostgreSQL answers.
 func (s *server) handleHealthDB() http.Handler {
-	enc := newHealthEncoder(s.cfg)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.dbCheck.check(r.Context())
-		buf := enc.buffer()
-		b := append(enc.head(*buf, res.ok(), s.clock.now()), `,"database":"postgresql"`...)
-		b = appendCheck(b, res)
-		writeSmallJSONBody(w, statusCode(res.ok()), b)
-		enc.recycle(buf, b)
+		writeJSON(w, statusCode(res.ok()), dbHealthBody{
+			healthBody:     s.health(res.ok()),
+			Database:       "postgresql",
+			Connected:      res.ok(),
+			ResponseTimeMS: res.responseTimeMS(),
+		})
 	})
 }
 
-// handleHealthRedis reports whether Redis answers, in a redisHealthBody.
+// handleHealthRedis reports whether Redis answers.
 func (s *server) handleHealthRedis() http.Handler {
-	enc := newHealthEncoder(s.cfg)
-	addr := appendJSONString([]byte(`,"redis":`), s.cfg.redisAddr())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res := s.redisCheck.check(r.Context())
-		buf := enc.buffer()
-		b := append(enc.head(*buf, res.ok(), s.clock.now()), addr...)
-		b = appendCheck(b, res)
-		writeSmallJSONBody(w, statusCode(res.ok()), b)
-		enc.recycle(buf, b)
+		writeJSON(w, statusCode(res.ok()), redisHealthBody{
+			healthBody:     s.health(res.ok()),
+			Redis:          s.cfg.redisAddr(),
+			Connected:      res.ok(),
+			ResponseTimeMS: res.responseTimeMS(),
+		})
 	})
-}
-
-// appendCheck appends the connected and response_time_ms fields of a check
-// and closes the body.
-func appendCheck(b []byte, res checkResult) []byte {
-	b = append(b, `,"connected":`...)
-	b = strconv.AppendBool(b, res.ok())
-	b = append(b, `,"response_time_ms":`...)
-	b = appendJSONFloat(b, res.responseTimeMS())
-	return append(b, "}\n"...)
-}
-
-// appendJSONFloat appends f as encoding/json writes a float64. A response
-// time is 0 or from 0.01 to thousands of milliseconds, where both use the
-// shortest decimal form; anything else goes to encoding/json itself.
-func appendJSONFloat(b []byte, f float64) []byte {
-	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
-		q, _ := json.Marshal(f)
-		return append(b, q...)
-	}
-	return strconv.AppendFloat(b, f, 'f', -1, 64)
 }
 
 // handleReady reports readiness: PostgreSQL answers and the server is not

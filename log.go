@@ -6,10 +6,52 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
+
+// openLog returns serve's logger, writing to stdout or appending to
+// LOG_FILE, and a function that closes it. SIGHUP reopens LOG_FILE after
+// logrotate moved it; without LOG_FILE it is ignored rather than ending the
+// process, its default.
+func openLog(cfg config, stdout io.Writer) (*slog.Logger, func(), error) {
+	out := stdout
+	var file *logFile
+	if cfg.LogFile != "" {
+		f, err := openLogFile(cfg.LogFile)
+		if err != nil {
+			return nil, nil, &configError{problems: []string{err.Error()}}
+		}
+		file, out = f, f
+	}
+	log := newLogger(out, cfg.Environment, cfg.LogLevel)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if file == nil {
+				continue
+			}
+			if err := file.reopen(); err != nil {
+				log.Error("cannot reopen LOG_FILE, still writing to the old file", "error", err)
+				continue
+			}
+			log.Info("log file reopened", "path", cfg.LogFile)
+		}
+	}()
+	closeLog := func() {
+		signal.Stop(hup)
+		close(hup) // no signal arrives after Stop: this ends the goroutine
+		if file != nil {
+			file.Close()
+		}
+	}
+	return log, closeLog, nil
+}
 
 // newLogger writes JSON lines in production and readable text elsewhere, at
 // the configured level. Every line logged with a request's context carries

@@ -14,8 +14,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -116,7 +114,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 
 // serve loads the configuration, connects, and serves until ctx ends or
 // SIGINT/SIGTERM arrives, then shuts down in order: readiness off, drain
-// delay, listener closed and in-flight requests finished, pools closed.
+// delay, listeners closed and in-flight requests finished, pools closed.
 func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io.Writer) error {
 	started := time.Now()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -126,108 +124,32 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	if err != nil {
 		return err
 	}
-	logOut := stdout
-	if cfg.LogFile != "" {
-		f, err := openLogFile(cfg.LogFile)
-		if err != nil {
-			return &configError{problems: []string{err.Error()}}
-		}
-		defer f.Close()
-		logOut = f
-	}
-	log := newLogger(logOut, cfg.Environment, cfg.LogLevel)
-	log.Debug("configuration loaded", "config", cfg)
-
-	// SIGHUP reopens LOG_FILE after logrotate moved it; without LOG_FILE it
-	// is ignored rather than ending the process, its default.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			if f, ok := logOut.(*logFile); ok {
-				if err := f.reopen(); err != nil {
-					log.Error("cannot reopen LOG_FILE, still writing to the old file", "error", err)
-					continue
-				}
-				log.Info("log file reopened", "path", cfg.LogFile)
-			}
-		}
-	}()
-
-	db, err := openDatabase(cfg, log)
+	log, closeLog, err := openLog(cfg, stdout)
 	if err != nil {
 		return err
 	}
-	defer db.close()
-	if err := db.connectWithRetry(ctx, cfg.DBConnectAttempts, cfg.DBConnectBackoff, cfg.DBConnectTimeout); err != nil {
+	defer closeLog()
+	log.Debug("configuration loaded", "config", cfg)
+
+	s, err := connect(ctx, cfg, log)
+	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("stopped before startup finished")
 			return nil
 		}
 		return err
 	}
-	if cfg.MigrateOnStart {
-		if err := migrateOnStart(ctx, cfg, log); err != nil {
-			if ctx.Err() != nil {
-				log.Info("stopped before startup finished")
-				return nil
-			}
-			return err
-		}
-	}
-
-	cache := newCache(cfg, log)
-	defer cache.close()
-	pctx, cancel := context.WithTimeout(ctx, cfg.HealthCheckTimeout)
-	if err := cache.ping(pctx); err != nil {
-		log.Warn("redis not reachable, serving without cache until it is", "redis", cfg.redisAddr(), "error", err)
-	}
-	cancel()
-
-	s := newServer(cfg, log, db, cache)
+	defer s.close()
 	if s.metrics != nil {
 		s.metrics.started = started // before the database retries, not after
 	}
-	ln, err := net.Listen("tcp", cfg.listenAddr())
+
+	l, err := s.listen()
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.listenAddr(), err)
+		return err
 	}
-	var privateLn net.Listener // METRICS_ADDR: /metrics and pprof on a listener of their own
-	if s.metrics != nil && cfg.MetricsAddr != "" {
-		if privateLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-			ln.Close()
-			return fmt.Errorf("listen on METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
-		}
-	}
-	srv := &http.Server{
-		Handler:           s.handler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		// Long enough for a request that waits DB_POOL_TIMEOUT and then queries.
-		WriteTimeout:   max(time.Minute, cfg.DBPoolTimeout+30*time.Second),
-		IdleTimeout:    2 * time.Minute,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(ln) }()
-	var private *http.Server
-	if privateLn != nil {
-		private = s.metricsServer()
-		go func() { serveErr <- private.Serve(privateLn) }()
-	}
-	version, commit, _ := versionInfo()
-	attrs := []any{"name", cfg.AppName, "version", cfg.AppVersion, "environment", cfg.Environment,
-		"addr", ln.Addr().String(), "database", db.target.String(),
-		"startup_ms", time.Since(started).Milliseconds()}
-	if cfg.AppVersion != version {
-		attrs = append(attrs, "build_version", version, "build_commit", commit)
-	}
-	if privateLn != nil {
-		attrs = append(attrs, "metrics_addr", privateLn.Addr().String())
-	}
-	log.Info("zenspa started", attrs...)
+	serveErr := l.start()
+	s.logStarted(l, started)
 	if err := notifySystemd(lookupEnv, "READY=1"); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}
@@ -241,22 +163,111 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	if err := notifySystemd(lookupEnv, "STOPPING=1"); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}
+	return s.shutdown(l)
+}
 
-	log.Info("shutting down", "drain_delay", cfg.ShutdownDrainDelay.String(), "timeout", cfg.ShutdownTimeout.String())
-	s.shuttingDown.Store(true)
-	time.Sleep(cfg.ShutdownDrainDelay)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+// connect opens the pools, waits for PostgreSQL as DB_CONNECT_ATTEMPTS
+// allows, applies migrations when MIGRATE_ON_START asks, and builds the
+// server. Redis is optional: it is only checked, with a warning when down.
+func connect(ctx context.Context, cfg config, log *slog.Logger) (*server, error) {
+	db, err := openDatabase(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.connectWithRetry(ctx, cfg.DBConnectAttempts, cfg.DBConnectBackoff, cfg.DBConnectTimeout); err != nil {
+		db.close()
+		return nil, err
+	}
+	if cfg.MigrateOnStart {
+		if err := migrateOnStart(ctx, cfg, log); err != nil {
+			db.close()
+			return nil, err
+		}
+	}
+	cache := newCache(cfg, log)
+	pctx, cancel := context.WithTimeout(ctx, cfg.HealthCheckTimeout)
 	defer cancel()
-	// The private listener closes last, so scrapes go on while requests drain.
-	shutdownErr := srv.Shutdown(sctx)
-	if private != nil && private.Shutdown(sctx) != nil {
-		_ = private.Close() // a profile still running at the deadline is cut
+	if err := cache.ping(pctx); err != nil {
+		log.Warn("redis not reachable, serving without cache until it is", "redis", cfg.redisAddr(), "error", err)
 	}
-	if err := shutdownErr; err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("requests still running after SHUTDOWN_TIMEOUT (%s) were cut: %w", cfg.ShutdownTimeout, err)
+	return newServer(cfg, log, db, cache), nil
+}
+
+// close closes the pools.
+func (s *server) close() {
+	s.cache.close()
+	s.db.close()
+}
+
+// listeners are the main listener and, with METRICS_ADDR, the private one,
+// with their HTTP servers.
+type listeners struct {
+	main, private    net.Listener // private is nil without METRICS_ADDR
+	mainSrv, privSrv *http.Server
+}
+
+// listen opens the listeners; nothing is served yet.
+func (s *server) listen() (*listeners, error) {
+	ln, err := net.Listen("tcp", s.cfg.listenAddr())
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", s.cfg.listenAddr(), err)
 	}
-	log.Info("stopped")
+	l := &listeners{main: ln, mainSrv: s.httpServer(s.handler(), s.mainWriteTimeout())}
+	if s.metrics != nil && s.cfg.MetricsAddr != "" {
+		if l.private, err = net.Listen("tcp", s.cfg.MetricsAddr); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen on METRICS_ADDR %s: %w", s.cfg.MetricsAddr, err)
+		}
+		l.privSrv = s.httpServer(s.privateHandler(), privateWriteTimeout)
+	}
+	return l, nil
+}
+
+// start serves both listeners; the channel receives the error of one that
+// stopped by itself.
+func (l *listeners) start() <-chan error {
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- l.mainSrv.Serve(l.main) }()
+	if l.private != nil {
+		go func() { serveErr <- l.privSrv.Serve(l.private) }()
+	}
+	return serveErr
+}
+
+// logStarted logs the one line that says the service is up, and where.
+func (s *server) logStarted(l *listeners, started time.Time) {
+	version, commit, _ := versionInfo()
+	attrs := []any{"name", s.cfg.AppName, "version", s.cfg.AppVersion, "environment", s.cfg.Environment,
+		"addr", l.main.Addr().String(), "database", s.db.target.String(),
+		"startup_ms", time.Since(started).Milliseconds()}
+	if s.cfg.AppVersion != version {
+		attrs = append(attrs, "build_version", version, "build_commit", commit)
+	}
+	if l.private != nil {
+		attrs = append(attrs, "metrics_addr", l.private.Addr().String())
+	}
+	s.log.Info("zenspa started", attrs...)
+}
+
+// shutdown turns readiness off, waits SHUTDOWN_DRAIN_DELAY so that load
+// balancers notice, then stops accepting and lets in-flight requests finish
+// within SHUTDOWN_TIMEOUT. The private listener closes last, so scrapes go on
+// while requests drain.
+func (s *server) shutdown(l *listeners) error {
+	s.log.Info("shutting down", "drain_delay", s.cfg.ShutdownDrainDelay.String(), "timeout", s.cfg.ShutdownTimeout.String())
+	s.shuttingDown.Store(true)
+	time.Sleep(s.cfg.ShutdownDrainDelay)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := l.mainSrv.Shutdown(ctx)
+	if l.privSrv != nil && l.privSrv.Shutdown(ctx) != nil {
+		_ = l.privSrv.Close() // a profile still running at the deadline is cut
+	}
+	if err != nil {
+		_ = l.mainSrv.Close()
+		return fmt.Errorf("requests still running after SHUTDOWN_TIMEOUT (%s) were cut: %w", s.cfg.ShutdownTimeout, err)
+	}
+	s.log.Info("stopped")
 	return nil
 }
 
@@ -313,145 +324,4 @@ func notifySystemd(lookupEnv func(string) (string, bool), state string) error {
 	defer conn.Close()
 	_, err = conn.Write([]byte(state))
 	return err
-}
-
-// server holds what handlers need. There is no global state: tests build as
-// many servers as they like.
-type server struct {
-	cfg          config
-	log          *slog.Logger
-	db           *database
-	cache        *cache
-	dbCheck      *checker
-	redisCheck   *checker
-	metrics      *metrics // nil when METRICS_ENABLED is false
-	clock        clock    // the response timestamps
-	shuttingDown atomic.Bool
-}
-
-// newServer wires the dependency checks to the pools and, unless
-// METRICS_ENABLED is false, to the metrics.
-func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server {
-	s := &server{
-		cfg:        cfg,
-		log:        log,
-		db:         db,
-		cache:      cache,
-		dbCheck:    newChecker("postgresql", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, db.ping),
-		redisCheck: newChecker("redis", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, cache.ping),
-	}
-	if cfg.MetricsEnabled {
-		s.metrics = newMetrics(s.dbCheck.name, s.redisCheck.name)
-		s.dbCheck.report = s.metrics.observeCheck
-		s.redisCheck.report = s.metrics.observeCheck
-	}
-	return s
-}
-
-// route is one Go 1.22 pattern and its handler.
-type route struct {
-	pattern string
-	handler http.Handler
-}
-
-// routeTable lists every route. GET patterns answer HEAD too. Later domain
-// routers mount under /api/v1. routes registers exactly this table and the
-// OpenAPI drift test reads it, so no route goes undocumented.
-func (s *server) routeTable() []route {
-	health, live, ready := s.handleHealth(), s.handleHealth(), s.handleReady()
-	healthDB, healthRedis := s.handleHealthDB(), s.handleHealthRedis()
-
-	table := []route{
-		{"GET /{$}", s.handleIndex()},
-		{"GET /health", health},
-		{"GET /health/live", live},
-		{"GET /health/ready", ready},
-		{"GET /health/db", healthDB},
-		{"GET /health/redis", healthRedis},
-		{"GET /api/v1/health", health},
-		{"GET /api/v1/health/live", live},
-		{"GET /api/v1/health/ready", ready},
-		{"GET /api/v1/health/db", healthDB},
-		{"GET /api/v1/health/redis", healthRedis},
-	}
-	if s.cfg.DocsEnabled { // otherwise they answer 404 like any unknown path
-		table = append(table,
-			route{"GET /openapi.json", s.handleOpenAPI()},
-			route{"GET /docs", s.handleSwaggerUI()},
-			route{"GET /docs/init.js", handleScript(swaggerInitScript)},
-			route{"GET /redoc", s.handleRedoc()},
-			route{"GET /redoc/init.js", handleScript(redocInitScript)},
-		)
-	}
-	if s.metrics != nil && s.cfg.MetricsAddr == "" { // with METRICS_ADDR, only the private listener has it
-		table = append(table, route{metricsPattern, s.handleMetrics()})
-	}
-	return table
-}
-
-// routes serves routeTable; what matches none of it gets handleUnmatched.
-func (s *server) routes() http.Handler {
-	mux := http.NewServeMux()
-	for _, rt := range s.routeTable() {
-		mux.Handle(rt.pattern, rt.handler)
-		s.metrics.addRoute(rt.pattern)
-	}
-	mux.Handle("/", s.handleUnmatched(mux))
-
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// A request-target that is not a path ("GET *", "CONNECT host:443",
-		// an opaque URI) names nothing here. ServeMux would answer it itself,
-		// outside the envelope: a bare 400, a text/plain 405 or a redirect
-		// with an HTML body.
-		if !strings.HasPrefix(r.URL.Path, "/") {
-			s.writeError(w, r, newError(codeNotFound, "The requested resource was not found"))
-			return
-		}
-		// ServeMux answers an unclean path ("//health") with a redirect, and
-		// http.Redirect leaves out its HTML body when a Content-Type is set.
-		if p := r.URL.Path; strings.Contains(p, "//") || strings.Contains(p, "/.") {
-			w.Header().Set("Content-Type", "application/json")
-		}
-		mux.ServeHTTP(w, r)
-	})
-}
-
-// indexBody is the answer of GET /.
-type indexBody struct {
-	Service string `json:"service"`
-	Version string `json:"version"`
-	Status  string `json:"status"`
-	Docs    string `json:"docs"`
-}
-
-// handleIndex names the service.
-func (s *server) handleIndex() http.Handler {
-	body := indexBody{Service: s.cfg.AppName, Version: s.cfg.AppVersion, Status: "running", Docs: "/docs"}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, body)
-	})
-}
-
-// handleUnmatched answers what no route matched, in the error envelope: 405
-// with an Allow header when the path exists for other methods, 404 otherwise.
-func (s *server) handleUnmatched(mux *http.ServeMux) http.Handler {
-	methods := []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var allow []string
-		for _, m := range methods {
-			probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
-			if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
-				allow = append(allow, m)
-				if m == http.MethodGet {
-					allow = append(allow, http.MethodHead)
-				}
-			}
-		}
-		if len(allow) == 0 {
-			s.writeError(w, r, newError(codeNotFound, "The requested resource was not found"))
-			return
-		}
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		s.writeError(w, r, newError(codeMethodNotAllowed, "Method "+r.Method+" is not allowed here"))
-	})
 }

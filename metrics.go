@@ -1,19 +1,15 @@
 package main
 
 import (
-	"log/slog"
 	"maps"
 	"math"
-	"net"
 	"net/http"
-	"net/http/pprof"
 	"runtime"
 	runtimemetrics "runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -50,85 +46,63 @@ var methodLabels = [...]string{
 	http.MethodPatch, http.MethodDelete, http.MethodOptions, "other",
 }
 
-// commonStatusCodes get a preallocated counter in every series; a rarer code
-// gets one on its first use.
-var commonStatusCodes = [...]int{
-	200, 201, 202, 204, 301, 302, 304, 307, 308,
-	400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431,
-	500, 502, 503, 504,
-}
-
-// metrics holds the figures counted as the server works; pools and runtime
-// are read at scrape time instead. Counting a request takes no lock: the
-// route table is an immutable map, replaced whole when routes are registered
-// (only while a handler is built), and every figure is an atomic counter.
+// metrics holds the figures counted as the server works, under one mutex;
+// pools and runtime are read at scrape time instead.
 type metrics struct {
-	started  time.Time // process_start_time_seconds; serve sets the time it began
-	inFlight atomic.Int64
+	started time.Time // process_start_time_seconds; serve sets the time it began
 
-	routesMu  sync.Mutex // serializes addRoute; requests never take it
-	routes    atomic.Pointer[map[string]*routeSeries]
-	unmatched routeSeries
-
-	dependencies map[string]*dependencySeries // fixed by newMetrics
+	mu           sync.Mutex
+	routes       map[string]bool // the registered patterns: the values of the route label
+	inFlight     int
+	requests     map[requestKey]uint64        // answered requests
+	durations    map[routeKey]*histogram      // their durations
+	dependencies map[string]*dependencySeries // keys fixed by newMetrics
 }
 
-// routeSeries is one route's figures, one slot per method label.
-type routeSeries struct {
-	methods [len(methodLabels)]requestSeries
+// routeKey is a method label and a route label.
+type routeKey struct {
+	method, route string
 }
 
-// requestSeries counts the requests of one route and method by status code
-// and by duration.
-type requestSeries struct {
-	codes    statusCounts
-	duration histogram
+// requestKey is a routeKey and a status code.
+type requestKey struct {
+	routeKey
+	code int
 }
 
 // dependencySeries is the check history of one dependency.
 type dependencySeries struct {
-	state    atomic.Int32 // dependencyUnchecked, dependencyDown or dependencyUp
-	duration histogram
+	checked, up bool // dependency_up is absent until the first check: not checked yet is not down
+	duration    histogram
 }
-
-// The states of a dependency. dependency_up is absent until the first check:
-// not checked yet is not down.
-const (
-	dependencyUnchecked int32 = iota
-	dependencyDown
-	dependencyUp
-)
 
 // newMetrics returns empty metrics that will follow the checks of the named
 // dependencies. Its creation stands for the process start until serve, which
 // knows better, replaces it.
 func newMetrics(dependencies ...string) *metrics {
-	m := &metrics{started: time.Now(), dependencies: make(map[string]*dependencySeries, len(dependencies))}
+	m := &metrics{
+		started:      time.Now(),
+		routes:       map[string]bool{},
+		requests:     map[requestKey]uint64{},
+		durations:    map[routeKey]*histogram{},
+		dependencies: map[string]*dependencySeries{},
+	}
 	for _, d := range dependencies {
 		m.dependencies[d] = &dependencySeries{}
 	}
-	m.routes.Store(&map[string]*routeSeries{})
 	return m
 }
 
-// addRoute gives a route pattern series of its own; routes calls it for each
-// pattern it registers, so the route label can only take the values of the
-// route table. Adding a pattern again changes nothing: handler may be built
-// any number of times. It does nothing when metrics are off (m is nil).
+// addRoute makes pattern a value of the route label; the server calls it
+// for each pattern it registers, so the label takes only the values of the
+// route table. It does nothing when metrics are off (m is nil).
 func (m *metrics) addRoute(pattern string) {
 	if m == nil {
 		return
 	}
-	m.routesMu.Lock()
-	defer m.routesMu.Unlock()
-	old := *m.routes.Load()
-	if _, ok := old[pattern]; ok {
-		return
-	}
-	table := make(map[string]*routeSeries, len(old)+1)
-	maps.Copy(table, old)
-	table[pattern] = &routeSeries{}
-	m.routes.Store(&table)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.routes[pattern] = true
 }
 
 // recordMetrics counts every request: in flight while it runs, then by
@@ -149,11 +123,11 @@ func (s *server) recordMetrics(next http.Handler) http.Handler {
 			return
 		}
 		start := time.Now()
-		m.inFlight.Add(1)
+		m.addInFlight(1)
 		rec := recorder(w)
 		returned := false
 		defer func() {
-			m.inFlight.Add(-1)
+			m.addInFlight(-1)
 			status := rec.status
 			switch {
 			case status == 0 && returned:
@@ -168,101 +142,55 @@ func (s *server) recordMetrics(next http.Handler) http.Handler {
 	})
 }
 
-// observeRequest counts one finished request.
+// addInFlight changes the number of requests being served.
+func (m *metrics) addInFlight(n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.inFlight += n
+}
+
+// observeRequest counts one finished request. A pattern not registered (the
+// catch-all "/", none at all, or the path ServeMux reports for a
+// trailing-slash redirect) counts as unmatched, and a method not in
+// methodLabels as "other".
 func (m *metrics) observeRequest(method, pattern string, status int, d time.Duration) {
-	series := &m.route(pattern).methods[methodIndex(method)]
-	series.codes.add(status)
-	series.duration.observe(d)
-}
-
-// route returns the series of a registered pattern, and the unmatched series
-// for anything else: the catch-all "/", no pattern at all, or the path that
-// ServeMux reports for a trailing-slash redirect.
-func (m *metrics) route(pattern string) *routeSeries {
-	if rs, ok := (*m.routes.Load())[pattern]; ok {
-		return rs
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.routes[pattern] {
+		pattern = unmatchedRoute
 	}
-	return &m.unmatched
-}
-
-// methodIndex is the index of method in methodLabels, "other" for a method
-// not listed there.
-func methodIndex(method string) int {
-	last := len(methodLabels) - 1
-	for i, l := range methodLabels[:last] {
-		if method == l {
-			return i
-		}
+	if !slices.Contains(methodLabels[:], method) {
+		method = "other"
 	}
-	return last
+	key := routeKey{method, pattern}
+	m.requests[requestKey{key, status}]++
+	h := m.durations[key]
+	if h == nil {
+		h = &histogram{}
+		m.durations[key] = h
+	}
+	h.observe(d)
 }
 
 // observeCheck records one finished dependency check; it is the checkers'
 // report hook.
 func (m *metrics) observeCheck(dependency string, res checkResult) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	d, ok := m.dependencies[dependency]
 	if !ok {
 		return
 	}
 	d.duration.observe(res.elapsed)
-	if res.ok() {
-		d.state.Store(dependencyUp)
-	} else {
-		d.state.Store(dependencyDown)
-	}
-}
-
-// statusCounts counts responses by status code: the common codes in a fixed
-// array, any other in a map entry made on its first use.
-type statusCounts struct {
-	common [len(commonStatusCodes)]atomic.Uint64
-	rare   sync.Map // int → *atomic.Uint64
-}
-
-// add counts one response with status code.
-func (c *statusCounts) add(code int) {
-	for i, common := range commonStatusCodes {
-		if code == common {
-			c.common[i].Add(1)
-			return
-		}
-	}
-	v, ok := c.rare.Load(code)
-	if !ok {
-		v, _ = c.rare.LoadOrStore(code, new(atomic.Uint64))
-	}
-	v.(*atomic.Uint64).Add(1)
-}
-
-// codeCount is how many responses had one status code.
-type codeCount struct {
-	code int
-	n    uint64
-}
-
-// counted returns the codes counted at least once, in ascending order.
-func (c *statusCounts) counted() []codeCount {
-	var out []codeCount
-	for i := range c.common {
-		if n := c.common[i].Load(); n > 0 {
-			out = append(out, codeCount{commonStatusCodes[i], n})
-		}
-	}
-	c.rare.Range(func(k, v any) bool {
-		out = append(out, codeCount{k.(int), v.(*atomic.Uint64).Load()})
-		return true
-	})
-	slices.SortFunc(out, func(a, b codeCount) int { return a.code - b.code })
-	return out
+	d.checked, d.up = true, res.ok()
 }
 
 // histogram counts durations into durationBuckets. Each bucket holds only its
 // own range, the last one everything above the largest bound; the cumulative
-// counts of the format are summed at scrape time, so an observation is two
-// atomic adds.
+// counts of the format are summed at scrape time.
 type histogram struct {
-	buckets [len(durationBuckets) + 1]atomic.Uint64
-	sum     atomic.Int64 // nanoseconds
+	buckets [len(durationBuckets) + 1]uint64
+	sum     time.Duration
 }
 
 // observe counts one duration.
@@ -271,17 +199,8 @@ func (h *histogram) observe(d time.Duration) {
 	for i < len(durationBuckets) && d > durationBuckets[i] {
 		i++
 	}
-	h.buckets[i].Add(1)
-	h.sum.Add(int64(d))
-}
-
-// count is the number of observations.
-func (h *histogram) count() uint64 {
-	var n uint64
-	for i := range h.buckets {
-		n += h.buckets[i].Load()
-	}
-	return n
+	h.buckets[i]++
+	h.sum += d
 }
 
 // handleMetrics answers a scrape. The whole text is built before anything is
@@ -290,10 +209,7 @@ func (s *server) handleMetrics() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var e exposition
 		s.writeMetrics(&e)
-		w.Header().Set("Content-Type", metricsContentType)
-		w.Header().Set("Content-Length", strconv.Itoa(len(e.buf)))
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(e.buf)
+		writeBody(w, http.StatusOK, metricsContentType, e.buf)
 	})
 }
 
@@ -301,45 +217,39 @@ func (s *server) handleMetrics() http.Handler {
 func (s *server) writeMetrics(e *exposition) {
 	m := s.metrics
 
+	m.mu.Lock()
 	e.family("http_requests_in_flight", "gauge", "Requests being served, scrapes of /metrics excluded.")
-	e.sample("http_requests_in_flight", float64(m.inFlight.Load()))
-	routes := m.sortedRoutes()
+	e.sample("http_requests_in_flight", float64(m.inFlight))
 	e.family("http_requests_total", "counter",
 		"Requests answered, by method, matched route pattern (unmatched when none matched) and status code.")
-	for _, rt := range routes {
-		for i := range rt.series.methods {
-			for _, c := range rt.series.methods[i].codes.counted() {
-				e.sample("http_requests_total", float64(c.n),
-					"method", methodLabels[i], "route", rt.label, "code", strconv.Itoa(c.code))
-			}
-		}
+	for _, k := range sortedKeys(m.requests, compareRequests) {
+		e.sample("http_requests_total", float64(m.requests[k]),
+			"method", k.method, "route", k.route, "code", strconv.Itoa(k.code))
 	}
 	e.family("http_request_duration_seconds", "histogram",
 		"Time to answer a request, by method and matched route pattern (unmatched when none matched).")
-	for _, rt := range routes {
-		for i := range rt.series.methods {
-			if h := &rt.series.methods[i].duration; h.count() > 0 {
-				e.histogram("http_request_duration_seconds", h, "method", methodLabels[i], "route", rt.label)
-			}
-		}
+	for _, k := range sortedKeys(m.durations, compareRoutes) {
+		e.histogram("http_request_duration_seconds", m.durations[k], "method", k.method, "route", k.route)
 	}
 
 	dependencies := slices.Sorted(maps.Keys(m.dependencies))
 	e.family("dependency_up", "gauge", "Whether the last check of a dependency succeeded (1) or not (0); absent before its first check.")
 	for _, name := range dependencies {
-		switch m.dependencies[name].state.Load() {
-		case dependencyUp:
-			e.sample("dependency_up", 1, "dependency", name)
-		case dependencyDown:
-			e.sample("dependency_up", 0, "dependency", name)
+		if d := m.dependencies[name]; d.checked {
+			up := 0.0
+			if d.up {
+				up = 1
+			}
+			e.sample("dependency_up", up, "dependency", name)
 		}
 	}
 	e.family("dependency_check_duration_seconds", "histogram", "Duration of the dependency checks behind the health endpoints.")
 	for _, name := range dependencies {
-		if h := &m.dependencies[name].duration; h.count() > 0 {
-			e.histogram("dependency_check_duration_seconds", h, "dependency", name)
+		if d := m.dependencies[name]; d.checked {
+			e.histogram("dependency_check_duration_seconds", &d.duration, "dependency", name)
 		}
 	}
+	m.mu.Unlock()
 
 	db := s.db.pool.Stats()
 	e.gauge("db_pool_max_open_connections", "Most PostgreSQL connections the pool opens (DB_POOL_SIZE + DB_MAX_OVERFLOW).", float64(db.MaxOpenConnections))
@@ -369,22 +279,26 @@ func (s *server) writeMetrics(e *exposition) {
 	e.sample("zenspa_build_info", 1, "version", s.cfg.AppVersion, "goversion", runtime.Version())
 }
 
-// labeledRoute is a route series and its route label.
-type labeledRoute struct {
-	label  string
-	series *routeSeries
+// sortedKeys returns the keys of m in the order cmp gives.
+func sortedKeys[K comparable, V any](m map[K]V, cmp func(a, b K) int) []K {
+	return slices.SortedFunc(maps.Keys(m), cmp)
 }
 
-// sortedRoutes returns every route series, unmatched included, by label.
-func (m *metrics) sortedRoutes() []labeledRoute {
-	table := *m.routes.Load()
-	out := make([]labeledRoute, 0, len(table)+1)
-	for pattern, rs := range table {
-		out = append(out, labeledRoute{pattern, rs})
+// compareRoutes orders series by route label, then method in the order of
+// methodLabels.
+func compareRoutes(a, b routeKey) int {
+	if c := strings.Compare(a.route, b.route); c != 0 {
+		return c
 	}
-	out = append(out, labeledRoute{unmatchedRoute, &m.unmatched})
-	slices.SortFunc(out, func(a, b labeledRoute) int { return strings.Compare(a.label, b.label) })
-	return out
+	return slices.Index(methodLabels[:], a.method) - slices.Index(methodLabels[:], b.method)
+}
+
+// compareRequests orders request counts like compareRoutes, then by code.
+func compareRequests(a, b requestKey) int {
+	if c := compareRoutes(a.routeKey, b.routeKey); c != 0 {
+		return c
+	}
+	return a.code - b.code
 }
 
 // sampleUint64 is the value of a runtime metric, 0 if this Go lacks it.
@@ -451,7 +365,7 @@ func (e *exposition) histogram(name string, h *histogram, labels ...string) {
 	withLE := append(slices.Clip(labels), "le", "")
 	var cumulative uint64
 	for i := range h.buckets {
-		cumulative += h.buckets[i].Load()
+		cumulative += h.buckets[i]
 		le := "+Inf"
 		if i < len(durationBuckets) {
 			le = strconv.FormatFloat(durationBuckets[i].Seconds(), 'g', -1, 64)
@@ -459,7 +373,7 @@ func (e *exposition) histogram(name string, h *histogram, labels ...string) {
 		withLE[len(withLE)-1] = le
 		e.sample(name+"_bucket", float64(cumulative), withLE...)
 	}
-	e.sample(name+"_sum", time.Duration(h.sum.Load()).Seconds(), labels...)
+	e.sample(name+"_sum", h.sum.Seconds(), labels...)
 	e.sample(name+"_count", float64(cumulative), labels...)
 }
 
@@ -491,50 +405,4 @@ func appendValue(b []byte, v float64) []byte {
 		return strconv.AppendFloat(b, v, 'g', -1, 64)
 	}
 	return strconv.AppendFloat(b, v, 'f', -1, 64)
-}
-
-// metricsServer is the private listener of METRICS_ADDR: /metrics and Go's
-// profiler, which the main listener never serves. Its chain is the main
-// one's without CORS, the body limit and the request metrics: no browser
-// calls it, and it counts none of its own requests.
-func (s *server) metricsServer() *http.Server {
-	mux := http.NewServeMux()
-	mux.Handle(metricsPattern, s.handleMetrics())
-	// net/http/pprof's exported handlers, on this mux only: the package also
-	// registers them on http.DefaultServeMux, which zenspa never serves.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and every named profile below it
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.Handle("/", s.handleUnmatched(mux))
-
-	return &http.Server{
-		Handler:           s.recoverPanics(requestID(securityHeaders(s.accessLog(mux)))),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		// pprof refuses a profile or trace longer than this; two minutes
-		// leaves room for the usual ?seconds=30 or 60.
-		WriteTimeout:   2 * time.Minute,
-		IdleTimeout:    2 * time.Minute,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
-}
-
-// listenAddress reads a host:port to listen on, such as METRICS_ADDR; empty
-// stays empty. An empty host means every interface.
-func (p *parser) listenAddress(key string) string {
-	v := p.get(key)
-	if v == "" {
-		return ""
-	}
-	_, port, err := net.SplitHostPort(v)
-	n, perr := strconv.Atoi(port)
-	if err != nil || perr != nil || n < 1 || n > 65535 {
-		p.fail(key, "must be host:port with a port from 1 to 65535, such as 127.0.0.1:9100, got %q", v)
-		return ""
-	}
-	return v
 }

@@ -3,11 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/hex"
+	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"runtime/debug"
 	"strings"
@@ -19,28 +18,6 @@ const maxBodyBytes = 1 << 20
 
 // headerRequestID carries the request ID in both directions.
 const headerRequestID = "X-Request-ID"
-
-// handler wraps the routes in the middleware chain. Outermost first: recover,
-// request ID, metrics, security headers, access log, CORS, body limit, routes.
-// Recover is outermost so that a panic anywhere still gets an envelope; the
-// request ID comes next so that everything after it can log and answer with
-// it. Metrics come right after it: they read the route pattern ServeMux
-// stores in the request, so no later middleware may replace the request.
-func (s *server) handler() http.Handler {
-	return s.chain(s.routes())
-}
-
-// chain wraps h in the middleware, in the order handler documents.
-func (s *server) chain(h http.Handler) http.Handler {
-	h = limitBody(s, h)
-	h = s.cors(h)
-	h = s.accessLog(h)
-	h = securityHeaders(h)
-	h = s.recordMetrics(h)
-	h = requestID(h)
-	h = s.recoverPanics(h)
-	return h
-}
 
 // responseRecorder remembers the status and size of a response for the
 // access log and tells recoverPanics whether headers already went out. It is
@@ -109,49 +86,22 @@ func (s *server) recoverPanics(next http.Handler) http.Handler {
 // requestIDKey is the context key of the request ID.
 type requestIDKey struct{}
 
-// requestIDContext is a request's context with its ID: one allocation, where
-// context.WithValue takes a second one to box the string. It also holds the
-// value of the X-Request-ID response header, which would be a third.
-type requestIDContext struct {
-	context.Context
-	id     string
-	header [1]string
-}
-
-// Value answers requestIDKey with the context itself, so that requestIDFrom
-// reads the ID without boxing it either.
-func (c *requestIDContext) Value(key any) any {
-	if key == (requestIDKey{}) {
-		return c
-	}
-	return c.Context.Value(key)
-}
-
 // requestIDFrom returns the request ID stored by the requestID middleware.
 func requestIDFrom(ctx context.Context) string {
-	if c, ok := ctx.Value(requestIDKey{}).(*requestIDContext); ok {
-		return c.id
-	}
-	return ""
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
 }
 
 // requestID keeps a well-formed incoming X-Request-ID or makes a new UUID v4,
 // echoes it in the response and puts it in the request's context.
 func requestID(next http.Handler) http.Handler {
-	// Header.Get and Set would canonicalize the name, an allocation, on
-	// every call; the header maps are indexed with the canonical form.
-	key := http.CanonicalHeaderKey(headerRequestID)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var id string
-		if v := r.Header[key]; len(v) > 0 {
-			id = v[0]
-		}
+		id := r.Header.Get(headerRequestID)
 		if !validRequestID(id) {
 			id = newRequestID()
 		}
-		ctx := &requestIDContext{Context: r.Context(), id: id, header: [1]string{id}}
-		w.Header()[key] = ctx.header[:]
-		next.ServeHTTP(w, r.WithContext(ctx))
+		w.Header().Set(headerRequestID, id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
 	})
 }
 
@@ -171,49 +121,31 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// newRequestID returns a random UUID version 4. A request ID must be unique,
-// not secret, so it comes from math/rand/v2's ChaCha8 generator (per thread,
-// seeded by the OS): a few nanoseconds where crypto/rand costs a system call.
+// newRequestID returns a random UUID version 4.
 func newRequestID() string {
 	var u [16]byte
-	binary.LittleEndian.PutUint64(u[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(u[8:], rand.Uint64())
+	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
-	var s [36]byte
-	hex.Encode(s[0:8], u[0:4])
-	s[8] = '-'
-	hex.Encode(s[9:13], u[4:6])
-	s[13] = '-'
-	hex.Encode(s[14:18], u[6:8])
-	s[18] = '-'
-	hex.Encode(s[19:23], u[8:10])
-	s[23] = '-'
-	hex.Encode(s[24:], u[10:])
-	return string(s[:])
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+}
+
+// hardeningHeaders are the browser-hardening headers of every response.
+var hardeningHeaders = [...][2]string{
+	{"X-Content-Type-Options", "nosniff"},
+	{"X-Frame-Options", "DENY"},
+	{"X-XSS-Protection", "1; mode=block"},
+	{"Strict-Transport-Security", "max-age=31536000; includeSubDomains"},
+	{"X-Permitted-Cross-Domain-Policies", "none"},
+	{"Referrer-Policy", "strict-origin-when-cross-origin"},
 }
 
 // securityHeaders sets the browser-hardening headers on every response,
 // errors and preflights included.
 func securityHeaders(next http.Handler) http.Handler {
-	// Built once: the header values are shared, read-only slices, in a slice
-	// rather than a map because ranging over a map costs more than the six
-	// assignments.
-	headers := []struct {
-		name  string // canonical
-		value []string
-	}{
-		{"X-Content-Type-Options", []string{"nosniff"}},
-		{"X-Frame-Options", []string{"DENY"}},
-		{"X-Xss-Protection", []string{"1; mode=block"}},
-		{"Strict-Transport-Security", []string{"max-age=31536000; includeSubDomains"}},
-		{"X-Permitted-Cross-Domain-Policies", []string{"none"}},
-		{"Referrer-Policy", []string{"strict-origin-when-cross-origin"}},
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		for _, hv := range headers {
-			h[hv.name] = hv.value
+		for _, h := range hardeningHeaders {
+			w.Header().Set(h[0], h[1])
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -293,16 +225,11 @@ func (s *server) cors(next http.Handler) http.Handler {
 	for _, o := range s.cfg.CORSOrigins {
 		allowed[o] = true
 	}
-	varyOrigin := []string{"Origin"} // read-only, shared by every response
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Every answer depends on Origin, also one to a request without it:
 		// a shared cache must not hand it to a cross-origin request.
 		h := w.Header()
-		if _, set := h["Vary"]; set {
-			h.Add("Vary", "Origin")
-		} else {
-			h["Vary"] = varyOrigin
-		}
+		h.Add("Vary", "Origin")
 		origin := r.Header.Get("Origin")
 		if origin == "" {
 			next.ServeHTTP(w, r)
@@ -332,7 +259,7 @@ func (s *server) cors(next http.Handler) http.Handler {
 // limitBody refuses bodies over maxBodyBytes with 413 before any route runs:
 // a declared Content-Length at once, without reading; a body of unknown
 // length is read up to the limit first.
-func limitBody(s *server, next http.Handler) http.Handler {
+func (s *server) limitBody(next http.Handler) http.Handler {
 	tooLarge := newError(codePayloadTooLarge, "Request body must not exceed 1 MiB")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {

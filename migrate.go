@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/lib/pq"
 )
@@ -79,24 +75,15 @@ func newMigrator(db *sql.DB, files []migration, lockTimeout time.Duration, out i
 	return m
 }
 
-// up applies every pending migration in order, each under the lock, and
-// prints a line for each.
+// up applies every pending migration in order, each in a step of its own,
+// and prints a line for each.
 func (m *migrator) up(ctx context.Context) error {
-	if err := m.ensureTable(ctx); err != nil {
-		return err
-	}
 	applied := 0
 	for {
 		var next *migration
 		var took time.Duration
-		err := m.withLock(ctx, func(tx *sql.Tx) error {
-			rows, err := readApplied(ctx, tx)
-			if err != nil {
-				return err
-			}
-			if err := m.refuse(rows); err != nil {
-				return err
-			}
+		err := m.step(ctx, func(tx *sql.Tx, rows []appliedRow) error {
+			var err error
 			if next, err = m.nextPending(rows); err != nil || next == nil {
 				return err
 			}
@@ -121,20 +108,10 @@ func (m *migrator) up(ctx context.Context) error {
 // down rolls back the last n applied migrations, newest first. It checks
 // first that all n can be rolled back, and changes nothing when one cannot.
 func (m *migrator) down(ctx context.Context, n int) error {
-	if err := m.ensureTable(ctx); err != nil {
-		return err
-	}
 	for i := 0; i < n; i++ {
 		var last *migration
 		var took time.Duration
-		err := m.withLock(ctx, func(tx *sql.Tx) error {
-			rows, err := readApplied(ctx, tx)
-			if err != nil {
-				return err
-			}
-			if err := m.refuse(rows); err != nil {
-				return err
-			}
+		err := m.step(ctx, func(tx *sql.Tx, rows []appliedRow) error {
 			if len(rows) == 0 {
 				return nil
 			}
@@ -143,6 +120,7 @@ func (m *migrator) down(ctx context.Context, n int) error {
 			}
 			mg := m.byVersion[rows[len(rows)-1].version]
 			last = &mg
+			var err error
 			took, err = m.apply(ctx, tx, mg, false)
 			return err
 		})
@@ -160,107 +138,23 @@ func (m *migrator) down(ctx context.Context, n int) error {
 	return nil
 }
 
-// status prints every migration known to the files or the database: applied
-// (when, how long) or pending, with a mark on applied ones whose file changed
-// or is gone, or that are dirty. A dirty database also makes it fail.
-func (m *migrator) status(ctx context.Context) error {
-	var exists bool
-	if err := m.db.QueryRowContext(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
-		return fmt.Errorf("read schema_migrations: %w", err)
-	}
-	var rows []appliedRow
-	if exists {
-		var err error
-		if rows, err = readApplied(ctx, m.db); err != nil {
-			return err
-		}
-	}
-
-	var buf bytes.Buffer
-	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tNAME\tAPPLIED AT\tDURATION\t")
-	appliedAt := make(map[int64]appliedRow, len(rows))
-	for _, r := range rows {
-		appliedAt[r.version] = r
-	}
-	pending, marked := 0, 0
-	for _, v := range m.versions(rows) {
-		f, hasFile := m.byVersion[v]
-		r, applied := appliedAt[v]
-		number, name := fmt.Sprintf("%04d", v), r.name
-		if hasFile {
-			number, name = versionString(f.label), f.name
-		}
-		if !applied {
-			pending++
-			fmt.Fprintf(tw, "%s\t%s\tpending\t\t\n", number, name)
-			continue
-		}
-		note := m.driftNote(r)
-		if r.dirty {
-			note = "! dirty: failed part way, see migrate force"
-		}
-		if note != "" {
-			marked++
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", number, name, r.appliedAt.UTC().Format("2006-01-02 15:04:05 UTC"), formatDuration(r.duration), note)
-	}
-	tw.Flush()
-	// tabwriter pads the last column too; trailing blanks help no one.
-	for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
-		fmt.Fprintln(m.out, strings.TrimRight(line, " "))
-	}
-	fmt.Fprintf(m.out, "%d applied, %d pending\n", len(rows), pending)
-	if marked > 0 {
-		fmt.Fprintln(m.out, "! marks a migration that up and down refuse to go past: restore its file (or pass --allow-drift), or repair a dirty one")
-	}
-	if d := dirtyRow(rows); d != nil {
-		return m.dirtyError(rows, *d)
-	}
-	return nil
-}
-
-// force settles a dirty database after an operator repaired it by hand:
-// VERSION is either the dirty migration's own (its changes are now fully in
-// place: record it as applied) or the version before it (its changes are
-// fully undone: record it as not applied).
-func (m *migrator) force(ctx context.Context, version int64) error {
+// step runs fn under the lock with the rows of schema_migrations, once it is
+// sure that the table exists and that neither a dirty migration nor drift
+// (unless allowDrift) forbids going on.
+func (m *migrator) step(ctx context.Context, fn func(tx *sql.Tx, rows []appliedRow) error) error {
 	if err := m.ensureTable(ctx); err != nil {
 		return err
 	}
-	var msg string
-	err := m.withLock(ctx, func(tx *sql.Tx) error {
+	return m.withLock(ctx, func(tx *sql.Tx) error {
 		rows, err := readApplied(ctx, tx)
 		if err != nil {
 			return err
 		}
-		d := dirtyRow(rows)
-		if d == nil {
-			return errors.New("nothing to force: no migration is marked dirty")
+		if err := m.refuse(rows); err != nil {
+			return err
 		}
-		prev := previousVersion(rows, d.version)
-		label := fmt.Sprintf("%04d_%s", d.version, d.name)
-		switch version {
-		case d.version:
-			checksum := d.checksum
-			if f, ok := m.byVersion[d.version]; ok {
-				checksum = f.checksum
-			}
-			_, err = tx.ExecContext(ctx, `UPDATE schema_migrations SET dirty = false, checksum = $2 WHERE version = $1`, d.version, checksum)
-			msg = fmt.Sprintf("recorded %s as applied", label)
-		case prev:
-			_, err = tx.ExecContext(ctx, `DELETE FROM schema_migrations WHERE version = $1`, d.version)
-			msg = fmt.Sprintf("recorded %s as not applied", label)
-		default:
-			return fmt.Errorf("cannot force %d: the dirty migration is %s; force %d records it as applied, force %d as not applied", version, label, d.version, prev)
-		}
-		return err
+		return fn(tx, rows)
 	})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(m.out, msg)
-	return nil
 }
 
 // ensureTable creates schema_migrations in a step of its own, under the lock
@@ -363,9 +257,9 @@ func (m *migrator) tryLock(ctx context.Context, deadline time.Time) (*sql.Tx, er
 
 // apply runs mg up or down, with its bookkeeping, and returns how long its
 // SQL took. A transactional file runs in tx, the lock's transaction, so that
-// the file and its row commit or vanish together. A no-transaction file runs
-// statement by statement on a second connection while tx keeps the lock; it
-// is marked dirty first, and only cleared when every statement succeeded.
+// the file and its row commit or vanish together. A no-transaction file holds
+// one statement, which runs on a second connection while tx keeps the lock;
+// it is marked dirty first, and only cleared when the statement succeeded.
 func (m *migrator) apply(ctx context.Context, tx *sql.Tx, mg migration, up bool) (time.Duration, error) {
 	file, body, noTx := mg.upFile(), mg.upSQL, mg.upNoTx
 	if !up {
@@ -400,6 +294,9 @@ func (m *migrator) apply(ctx context.Context, tx *sql.Tx, mg migration, up bool)
 	if err != nil {
 		return 0, err
 	}
+	if err := oneStatement(ctx, tx, file, body); err != nil {
+		return 0, err
+	}
 	advice := m.forceAdvice(mg.version, previousVersion(rows, mg.version))
 	conn, err := m.db.Conn(ctx)
 	if err != nil {
@@ -416,11 +313,9 @@ func (m *migrator) apply(ctx context.Context, tx *sql.Tx, mg migration, up bool)
 		return 0, fmt.Errorf("mark %s dirty before running it: %w", file, err)
 	}
 	start := time.Now()
-	for _, st := range splitStatements(body) {
-		if _, err := conn.ExecContext(ctx, st.sql); err != nil {
-			return 0, &migrationError{file: file, body: body, offset: st.offset, err: err,
-				outcome: "it ran without a transaction: the statements before the failing one stay applied, and the database is now marked dirty.\n" + advice}
-		}
+	if _, err := conn.ExecContext(ctx, body); err != nil {
+		return 0, &migrationError{file: file, body: body, err: err,
+			outcome: "it ran without a transaction: what it did before it failed stays, and the database is now marked dirty.\n" + advice}
 	}
 	took := time.Since(start)
 	if up {
@@ -433,6 +328,27 @@ func (m *migrator) apply(ctx context.Context, tx *sql.Tx, mg migration, up bool)
 		return 0, fmt.Errorf("%s ran, but recording it failed and it stays marked dirty: %w", file, err)
 	}
 	return took, nil
+}
+
+// oneStatement refuses a no-transaction file that holds more than one
+// statement, before anything of it runs. PostgreSQL runs a string of several
+// statements as one implicit transaction, where CREATE INDEX CONCURRENTLY is
+// refused, and a failure half way would leave no clear state behind. It
+// parses the file in tx, the lock's transaction, as a prepared statement,
+// which takes exactly one: the statement is closed on the same server
+// connection, also behind a transaction-mode pooler.
+func oneStatement(ctx context.Context, tx *sql.Tx, file, body string) error {
+	st, err := tx.PrepareContext(ctx, body)
+	if err == nil {
+		return st.Close()
+	}
+	// The refusal is a syntax error without a position; a real syntax error
+	// always has one.
+	if pqErr := pq.As(err); pqErr != nil && pqErr.Code == "42601" && pqErr.Position == "" {
+		return fmt.Errorf("migration failed: %s holds more than one statement, and a file that runs without a transaction (-- %s) may hold only one: "+
+			"give each statement a migration of its own; nothing of it was applied", file, noTransactionMarker)
+	}
+	return &migrationError{file: file, body: body, err: err, outcome: "PostgreSQL refused it before it ran: nothing of it was applied"}
 }
 
 // refuse returns why up and down must not go on: a dirty migration, or
@@ -510,25 +426,6 @@ func (m *migrator) checkRollback(rows []appliedRow, n int) error {
 	return nil
 }
 
-// versions lists every version of the files or the rows, in order.
-func (m *migrator) versions(rows []appliedRow) []int64 {
-	var out []int64
-	i := 0
-	for _, f := range m.files {
-		for ; i < len(rows) && rows[i].version < f.version; i++ {
-			out = append(out, rows[i].version)
-		}
-		if i < len(rows) && rows[i].version == f.version {
-			i++
-		}
-		out = append(out, f.version)
-	}
-	for ; i < len(rows); i++ {
-		out = append(out, rows[i].version)
-	}
-	return out
-}
-
 // dirtyError says that the database is dirty and how to settle it.
 func (m *migrator) dirtyError(rows []appliedRow, d appliedRow) error {
 	return fmt.Errorf("the database is dirty: migration %04d_%s ran without a transaction and failed part way; nothing runs until it is settled.\n%s",
@@ -595,78 +492,4 @@ func previousVersion(rows []appliedRow, v int64) int64 {
 		}
 	}
 	return prev
-}
-
-// migrationError is a file PostgreSQL refused: the file, where in it, what
-// PostgreSQL said, and what that left behind.
-type migrationError struct {
-	file    string
-	body    string // the file's text
-	offset  int    // where in body the failing statement starts
-	err     error
-	outcome string
-}
-
-// Error reads "migration failed: FILE:LINE:COLUMN: MESSAGE (SQLSTATE CODE)",
-// then PostgreSQL's detail and hint, then what the failure left behind.
-func (e *migrationError) Error() string {
-	var b strings.Builder
-	b.WriteString("migration failed: " + e.file)
-	pqErr := pq.As(e.err)
-	if pqErr == nil {
-		fmt.Fprintf(&b, ": %v\n%s", e.err, e.outcome)
-		return b.String()
-	}
-	if line, col, ok := filePosition(e.body, e.offset, pqErr.Position); ok {
-		fmt.Fprintf(&b, ":%d:%d", line, col)
-	}
-	fmt.Fprintf(&b, ": %s (SQLSTATE %s)", pqErr.Message, pqErr.Code)
-	if pqErr.Detail != "" {
-		b.WriteString("\n  detail: " + pqErr.Detail)
-	}
-	if pqErr.Hint != "" {
-		b.WriteString("\n  hint: " + pqErr.Hint)
-	}
-	if pqErr.Where != "" {
-		b.WriteString("\n  context: " + pqErr.Where)
-	}
-	if pqErr.Code == "25001" { // active_sql_transaction
-		b.WriteString("\n  hint: to run this file outside a transaction, make its first line: -- " + noTransactionMarker)
-	}
-	b.WriteString("\n" + e.outcome)
-	return b.String()
-}
-
-// Unwrap returns the driver's error.
-func (e *migrationError) Unwrap() error { return e.err }
-
-// filePosition turns PostgreSQL's error position (1-based, in characters from
-// the start of the statement at byte offset start of body) into a line and
-// column of the file.
-func filePosition(body string, start int, position string) (line, col int, ok bool) {
-	pos, err := strconv.Atoi(position)
-	if err != nil || pos < 1 || start > len(body) {
-		return 0, 0, false
-	}
-	i := start
-	for n := 1; n < pos && i < len(body); n++ {
-		_, size := utf8.DecodeRuneInString(body[i:])
-		i += size
-	}
-	lineStart := strings.LastIndexByte(body[:i], '\n') + 1
-	return 1 + strings.Count(body[:i], "\n"), 1 + utf8.RuneCountInString(body[lineStart:i]), true
-}
-
-// versionString is the number part of a label: "0001" of "0001_init".
-func versionString(label string) string {
-	v, _, _ := strings.Cut(label, "_")
-	return v
-}
-
-// formatDuration rounds d for people: 1.234s, 15ms, 420µs.
-func formatDuration(d time.Duration) string {
-	if d >= time.Millisecond {
-		return d.Round(time.Millisecond).String()
-	}
-	return d.Round(time.Microsecond).String()
 }

@@ -1,21 +1,28 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
+	"time"
 )
 
-// The `zenspa migrate …` command line and MIGRATE_ON_START: arguments,
-// configuration and the migrations' own pool around the runner of migrate.go.
+// The `zenspa migrate …` command line and MIGRATE_ON_START around the runner
+// of migrate.go: the arguments, the configuration and the migrations' pool,
+// and the two commands for the operator, status and force.
 
 // runMigrate runs `zenspa migrate …` against the migrations built into the
 // binary. SIGINT or SIGTERM cancels it: PostgreSQL rolls back the migration in
@@ -63,12 +70,11 @@ func (c migrateCommand) run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := openMigrateDB(ctx, cfg)
+	m, err := openMigrator(ctx, cfg, files, c.stdout)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	m := newMigrator(db, files, cfg.MigrateLockTimeout, c.stdout)
+	defer m.db.Close()
 	m.allowDrift = a.allowDrift
 	switch a.sub {
 	case "up":
@@ -155,6 +161,135 @@ func parseMigrateArgs(args []string) (migrateArgs, error) {
 	return a, nil
 }
 
+// status prints every migration known to the files or the database: applied
+// (when, how long) or pending, with a mark on applied ones whose file changed
+// or is gone, or that are dirty. A dirty database also makes it fail.
+func (m *migrator) status(ctx context.Context) error {
+	var exists bool
+	if err := m.db.QueryRowContext(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL").Scan(&exists); err != nil {
+		return fmt.Errorf("read schema_migrations: %w", err)
+	}
+	var rows []appliedRow
+	if exists {
+		var err error
+		if rows, err = readApplied(ctx, m.db); err != nil {
+			return err
+		}
+	}
+
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tNAME\tAPPLIED AT\tDURATION\t")
+	appliedAt := make(map[int64]appliedRow, len(rows))
+	for _, r := range rows {
+		appliedAt[r.version] = r
+	}
+	pending, marked := 0, 0
+	for _, v := range m.versions(rows) {
+		f, hasFile := m.byVersion[v]
+		r, applied := appliedAt[v]
+		number, name := fmt.Sprintf("%04d", v), r.name
+		if hasFile {
+			number, name = versionString(f.label), f.name
+		}
+		if !applied {
+			pending++
+			fmt.Fprintf(tw, "%s\t%s\tpending\t\t\n", number, name)
+			continue
+		}
+		note := m.driftNote(r)
+		if r.dirty {
+			note = "! dirty: failed part way, see migrate force"
+		}
+		if note != "" {
+			marked++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", number, name, r.appliedAt.UTC().Format("2006-01-02 15:04:05 UTC"), formatDuration(r.duration), note)
+	}
+	tw.Flush()
+	// tabwriter pads the last column too; trailing blanks help no one.
+	for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+		fmt.Fprintln(m.out, strings.TrimRight(line, " "))
+	}
+	fmt.Fprintf(m.out, "%d applied, %d pending\n", len(rows), pending)
+	if marked > 0 {
+		fmt.Fprintln(m.out, "! marks a migration that up and down refuse to go past: restore its file (or pass --allow-drift), or repair a dirty one")
+	}
+	if d := dirtyRow(rows); d != nil {
+		return m.dirtyError(rows, *d)
+	}
+	return nil
+}
+
+// force settles a dirty database after an operator repaired it by hand:
+// VERSION is either the dirty migration's own (its changes are now fully in
+// place: record it as applied) or the version before it (its changes are
+// fully undone: record it as not applied).
+func (m *migrator) force(ctx context.Context, version int64) error {
+	if err := m.ensureTable(ctx); err != nil {
+		return err
+	}
+	var msg string
+	err := m.withLock(ctx, func(tx *sql.Tx) error {
+		rows, err := readApplied(ctx, tx)
+		if err != nil {
+			return err
+		}
+		d := dirtyRow(rows)
+		if d == nil {
+			return errors.New("nothing to force: no migration is marked dirty")
+		}
+		prev := previousVersion(rows, d.version)
+		label := fmt.Sprintf("%04d_%s", d.version, d.name)
+		switch version {
+		case d.version:
+			checksum := d.checksum
+			if f, ok := m.byVersion[d.version]; ok {
+				checksum = f.checksum
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE schema_migrations SET dirty = false, checksum = $2 WHERE version = $1`, d.version, checksum)
+			msg = fmt.Sprintf("recorded %s as applied", label)
+		case prev:
+			_, err = tx.ExecContext(ctx, `DELETE FROM schema_migrations WHERE version = $1`, d.version)
+			msg = fmt.Sprintf("recorded %s as not applied", label)
+		default:
+			return fmt.Errorf("cannot force %d: the dirty migration is %s; force %d records it as applied, force %d as not applied", version, label, d.version, prev)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(m.out, msg)
+	return nil
+}
+
+// versions lists every version of the files or the rows, in order.
+func (m *migrator) versions(rows []appliedRow) []int64 {
+	seen := make(map[int64]bool, len(m.byVersion)+len(rows))
+	for v := range m.byVersion {
+		seen[v] = true
+	}
+	for _, r := range rows {
+		seen[r.version] = true
+	}
+	return slices.Sorted(maps.Keys(seen))
+}
+
+// versionString is the number part of a label: "0001" of "0001_init".
+func versionString(label string) string {
+	v, _, _ := strings.Cut(label, "_")
+	return v
+}
+
+// formatDuration rounds d for people: 1.234s, 15ms, 420µs.
+func formatDuration(d time.Duration) string {
+	if d >= time.Millisecond {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Microsecond).String()
+}
+
 // migrateOnStart is `migrate up` for serve with MIGRATE_ON_START=true: the
 // same lock, so that replicas starting together apply each migration once,
 // and the lines in serve's log.
@@ -163,15 +298,25 @@ func migrateOnStart(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	db, err := openMigrateDB(ctx, cfg)
+	m, err := openMigrator(ctx, cfg, files, logWriter{log})
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	if err := newMigrator(db, files, cfg.MigrateLockTimeout, logWriter{log}).up(ctx); err != nil {
+	defer m.db.Close()
+	if err := m.up(ctx); err != nil {
 		return fmt.Errorf("MIGRATE_ON_START: %w", err)
 	}
 	return nil
+}
+
+// openMigrator connects a migrator of files to the configured database,
+// writing its lines to out; the caller closes m.db.
+func openMigrator(ctx context.Context, cfg config, files []migration, out io.Writer) (*migrator, error) {
+	db, err := openMigrateDB(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newMigrator(db, files, cfg.MigrateLockTimeout, out), nil
 }
 
 // logWriter logs each line written to it at INFO, so that the migrator's
@@ -184,28 +329,6 @@ func (w logWriter) Write(p []byte) (int, error) {
 		w.log.Info("migrate: " + line)
 	}
 	return len(p), nil
-}
-
-// openMigrateDB opens a pool of the migrations' own. Its connections have no
-// read deadline, unlike the server's: one statement of a migration (an index
-// build) may rightly run for many minutes. It checks that PostgreSQL answers
-// within DB_CONNECT_TIMEOUT and names the target, never the password.
-func openMigrateDB(ctx context.Context, cfg config) (*sql.DB, error) {
-	connector, err := newConnector(cfg.DatabaseURL, cfg.DBConnectTimeout, 0)
-	if err != nil {
-		return nil, err
-	}
-	db := sql.OpenDB(connector)
-	pctx, cancel := context.WithTimeout(ctx, cfg.DBConnectTimeout)
-	defer cancel()
-	var one int
-	if err := db.QueryRowContext(pctx, "SELECT 1").Scan(&one); err != nil {
-		db.Close()
-		t := parseDBTarget(cfg.DatabaseURL)
-		return nil, fmt.Errorf("cannot connect to PostgreSQL at host %s port %s database %q: %s",
-			t.Host, t.Port, t.Database, scrubSecret(err.Error(), cfg.DatabaseURL))
-	}
-	return db, nil
 }
 
 // isInteger reports whether s is a whole number, so that `down -1` is a bad N

@@ -14,11 +14,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/lib/pq"
 )
 
-// The migration files: reading and checking schema/, splitting a
-// no-transaction file into statements, and creating the next pair for
-// `zenspa migrate new`. Applying them is migrate.go.
+// The migration files: reading and checking schema/, and creating the next
+// pair for `zenspa migrate new`. Applying them is migrate.go.
 
 // embeddedSchema holds schema/*.sql, built into the binary. It is a
 // package-level variable only because go:embed requires one; nothing writes
@@ -64,8 +66,8 @@ var migrationFileName = regexp.MustCompile(`^([0-9]{4,})_([a-z0-9][a-z0-9_]*)\.(
 var migrationNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_]*$`)
 
 // noTransactionMarker, as the first line of a file, makes it run outside a
-// transaction, statement by statement (for CREATE INDEX CONCURRENTLY and the
-// like).
+// transaction (for CREATE INDEX CONCURRENTLY and the like). Such a file holds
+// exactly one statement.
 const noTransactionMarker = "zenspa:no-transaction"
 
 // loadMigrations reads every .sql file at the root of fsys and returns the
@@ -168,136 +170,62 @@ func sqlBody(data []byte) (body string, noTx bool) {
 	return body, noTx
 }
 
-// statement is one statement of a no-transaction file and the byte offset in
-// the file where it starts, to place PostgreSQL's error position in the file.
-type statement struct {
-	sql    string
-	offset int
+// migrationError is a file PostgreSQL refused: the file, where in it, what
+// PostgreSQL said, and what that left behind.
+type migrationError struct {
+	file    string
+	body    string // the file's text
+	err     error
+	outcome string
 }
 
-// splitStatements cuts a file into statements at the semicolons that are not
-// inside a comment, a quoted string or identifier, or a dollar-quoted body.
-// A file that runs outside a transaction needs this: PostgreSQL runs a
-// multi-statement string as one implicit transaction, where CREATE INDEX
-// CONCURRENTLY is refused. Stretches holding only comments are dropped.
-func splitStatements(body string) []statement {
-	var out []statement
-	start := -1 // where the current statement's first token starts
-	emit := func(end int) {
-		if start >= 0 {
-			out = append(out, statement{sql: body[start:end], offset: start})
-		}
-		start = -1
+// Error reads "migration failed: FILE:LINE:COLUMN: MESSAGE (SQLSTATE CODE)",
+// then PostgreSQL's detail and hint, then what the failure left behind.
+func (e *migrationError) Error() string {
+	var b strings.Builder
+	b.WriteString("migration failed: " + e.file)
+	pqErr := pq.As(e.err)
+	if pqErr == nil {
+		fmt.Fprintf(&b, ": %v\n%s", e.err, e.outcome)
+		return b.String()
 	}
-	for i := 0; i < len(body); {
-		c := body[i]
-		switch {
-		case c == '-' && strings.HasPrefix(body[i:], "--"):
-			i = skipPast(body, i, "\n")
-			continue
-		case c == '/' && strings.HasPrefix(body[i:], "/*"):
-			i = skipBlockComment(body, i)
-			continue
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
-			i++
-			continue
-		case c == ';':
-			emit(i + 1) // a lone ; (start < 0) is no statement
-			i++
-			continue
-		}
-		if start < 0 {
-			start = i
-		}
-		switch {
-		case c == '\'':
-			// E'…' strings take backslash escapes; standard strings do not.
-			escapes := i > 0 && (body[i-1] == 'e' || body[i-1] == 'E') && (i < 2 || !isIdentByte(body[i-2]))
-			i = skipQuoted(body, i, '\'', escapes)
-		case c == '"':
-			i = skipQuoted(body, i, '"', false)
-		case c == '$' && (i == 0 || !isIdentByte(body[i-1])):
-			if tag := dollarTag(body[i:]); tag != "" {
-				i = skipPast(body, i+len(tag), tag)
-			} else {
-				i++
-			}
-		default:
-			i++
-		}
+	if line, col, ok := filePosition(e.body, pqErr.Position); ok {
+		fmt.Fprintf(&b, ":%d:%d", line, col)
 	}
-	emit(len(body))
-	return out
+	fmt.Fprintf(&b, ": %s (SQLSTATE %s)", pqErr.Message, pqErr.Code)
+	if pqErr.Detail != "" {
+		b.WriteString("\n  detail: " + pqErr.Detail)
+	}
+	if pqErr.Hint != "" {
+		b.WriteString("\n  hint: " + pqErr.Hint)
+	}
+	if pqErr.Where != "" {
+		b.WriteString("\n  context: " + pqErr.Where)
+	}
+	if pqErr.Code == "25001" { // active_sql_transaction
+		b.WriteString("\n  hint: to run this file outside a transaction, make its first line: -- " + noTransactionMarker)
+	}
+	b.WriteString("\n" + e.outcome)
+	return b.String()
 }
 
-// skipPast returns the index just after the first end found after i, or the
-// end of s.
-func skipPast(s string, i int, end string) int {
-	if j := strings.Index(s[i:], end); j >= 0 {
-		return i + j + len(end)
-	}
-	return len(s)
-}
+// Unwrap returns the driver's error.
+func (e *migrationError) Unwrap() error { return e.err }
 
-// skipBlockComment returns the index after the /* … */ comment at i; such
-// comments nest in PostgreSQL.
-func skipBlockComment(s string, i int) int {
-	depth := 0
-	for i < len(s) {
-		switch {
-		case strings.HasPrefix(s[i:], "/*"):
-			depth++
-			i += 2
-		case strings.HasPrefix(s[i:], "*/"):
-			depth--
-			i += 2
-			if depth == 0 {
-				return i
-			}
-		default:
-			i++
-		}
+// filePosition turns PostgreSQL's error position (1-based, in characters
+// from the start of body) into a line and column of the file.
+func filePosition(body string, position string) (line, col int, ok bool) {
+	pos, err := strconv.Atoi(position)
+	if err != nil || pos < 1 {
+		return 0, 0, false
 	}
-	return i
-}
-
-// skipQuoted returns the index after the string or identifier opened by the
-// quote at i. A doubled quote is part of it, as is a backslash-escaped one
-// when escapes is set.
-func skipQuoted(s string, i int, quote byte, escapes bool) int {
-	for i++; i < len(s); i++ {
-		switch {
-		case escapes && s[i] == '\\':
-			i++
-		case s[i] == quote && i+1 < len(s) && s[i+1] == quote:
-			i++
-		case s[i] == quote:
-			return i + 1
-		}
+	i := 0
+	for n := 1; n < pos && i < len(body); n++ {
+		_, size := utf8.DecodeRuneInString(body[i:])
+		i += size
 	}
-	return i
-}
-
-// dollarTag returns the $tag$ or $$ that opens a dollar-quoted string at the
-// start of s, or "" when s starts with another use of $ (such as $1).
-func dollarTag(s string) string {
-	for j := 1; j < len(s); j++ {
-		c := s[j]
-		switch {
-		case c == '$':
-			return s[:j+1]
-		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80:
-		case c >= '0' && c <= '9' && j > 1:
-		default:
-			return ""
-		}
-	}
-	return ""
-}
-
-// isIdentByte reports whether c can be part of an unquoted identifier.
-func isIdentByte(c byte) bool {
-	return c == '_' || c == '$' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
+	lineStart := strings.LastIndexByte(body[:i], '\n') + 1
+	return 1 + strings.Count(body[:i], "\n"), 1 + utf8.RuneCountInString(body[lineStart:i]), true
 }
 
 // zenspaModule is the module path that identifies a zenspa source checkout.
@@ -325,8 +253,9 @@ func createMigration(workDir, name string, out io.Writer) error {
 	label := fmt.Sprintf("%04d_%s", next, name)
 	files := []struct{ name, text string }{
 		{label + ".up.sql", fmt.Sprintf("-- %s: the change. It runs in one transaction together with its row in\n"+
-			"-- schema_migrations. For statements that cannot run in a transaction (CREATE\n"+
-			"-- INDEX CONCURRENTLY), make the first line of this file: -- %s\n", label, noTransactionMarker)},
+			"-- schema_migrations. For a statement that cannot run in a transaction (CREATE\n"+
+			"-- INDEX CONCURRENTLY), make the first line of this file: -- %s\n"+
+			"-- and keep the file to that one statement.\n", label, noTransactionMarker)},
 		{label + ".down.sql", fmt.Sprintf("-- %s: undo the up file. Delete this file if the change cannot be undone;\n"+
 			"-- `zenspa migrate down` then refuses to roll it back.\n", label)},
 	}

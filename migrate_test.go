@@ -126,7 +126,8 @@ func wantErr(t testing.TB, what string, err error, parts ...string) {
 }
 
 // roundTripFiles are three migrations with a gap in the numbers; 0002 has a
-// semicolon inside a function body, 0005 runs outside a transaction.
+// semicolon inside a function body, 0005 runs outside a transaction (its one
+// statement followed by a comment with a semicolon).
 var roundTripFiles = []string{
 	"0001_create_items.up.sql", "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL);\n",
 	"0001_create_items.down.sql", "DROP TABLE items;\n",
@@ -134,10 +135,9 @@ var roundTripFiles = []string{
 		"CREATE FUNCTION items_label(i items) RETURNS text LANGUAGE sql AS $$ SELECT i.name || ';' || i.price $$;\n",
 	"0002_add_price.down.sql", "DROP FUNCTION items_label(items);\nALTER TABLE items DROP COLUMN price;\n",
 	"0005_index_items.up.sql", "-- zenspa:no-transaction\n" +
-		"CREATE INDEX CONCURRENTLY items_name_idx ON items (name);\n" +
-		"-- a comment; with a semicolon\n" +
-		"CREATE INDEX CONCURRENTLY items_price_idx ON items (price);\n",
-	"0005_index_items.down.sql", "-- zenspa:no-transaction\nDROP INDEX CONCURRENTLY items_price_idx;\nDROP INDEX CONCURRENTLY items_name_idx;\n",
+		"CREATE INDEX CONCURRENTLY items_name_price_idx ON items (name, price);\n" +
+		"-- a comment; with a semicolon\n",
+	"0005_index_items.down.sql", "-- zenspa:no-transaction\nDROP INDEX CONCURRENTLY items_name_price_idx;\n",
 }
 
 func TestMigrateUpDownStatus(t *testing.T) {
@@ -169,7 +169,7 @@ func TestMigrateUpDownStatus(t *testing.T) {
 		`^applied 0001_create_items \(\d+(\.\d+)?(µs|ms|s)\)$`,
 		`^applied 0002_add_price \(\d+(\.\d+)?(µs|ms|s)\)$`,
 		`^applied 0005_index_items \(\d+(\.\d+)?(µs|ms|s)\)$`)
-	for _, rel := range []string{"items", "items_name_idx", "items_price_idx", "items_label(items)"} {
+	for _, rel := range []string{"items", "items_name_price_idx", "items_label(items)"} {
 		if !relationExists(t, db, rel) {
 			t.Errorf("after up, %s does not exist", rel)
 		}
@@ -196,8 +196,8 @@ func TestMigrateUpDownStatus(t *testing.T) {
 
 	got = step("down", func() error { return m.down(ctx, 1) })
 	wantLines(t, "down", got, `^rolled back 0005_index_items \(\S+\)$`)
-	if relationExists(t, db, "items_name_idx") || relationExists(t, db, "items_price_idx") {
-		t.Errorf("after down, the indexes of 0005 still exist")
+	if relationExists(t, db, "items_name_price_idx") {
+		t.Errorf("after down, the index of 0005 still exists")
 	}
 	if got := appliedVersions(t, db); fmt.Sprint(got) != "[1 2]" {
 		t.Errorf("after down, applied = %v, want [1 2]", got)
@@ -296,12 +296,13 @@ func TestMigrateNoTransactionFailureMarksDirty(t *testing.T) {
 	ctx := context.Background()
 	url := newTestDatabase(t)
 	db := openMigrateTestDB(t, url)
+	// A unique index built concurrently over duplicate names fails after it
+	// began, and leaves an invalid index behind: the case dirty exists for.
 	fsys := migrationFS(t,
-		"0001_items.up.sql", "CREATE TABLE items (id bigint PRIMARY KEY, name text);",
+		"0001_items.up.sql", "CREATE TABLE items (id bigint PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'a'), (2, 'a');",
 		"0001_items.down.sql", "DROP TABLE items;",
 		"0002_index.up.sql", "-- zenspa:no-transaction\n"+
-			"CREATE INDEX CONCURRENTLY IF NOT EXISTS items_name_idx ON items (name);\n"+
-			"SELECT nosuchcolumn FROM items;\n",
+			"CREATE UNIQUE INDEX CONCURRENTLY items_name_idx ON items (name);\n",
 		"0002_index.down.sql", "-- zenspa:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS items_name_idx;",
 		"0003_more.up.sql", "CREATE TABLE more (id int);",
 	)
@@ -310,10 +311,10 @@ func TestMigrateNoTransactionFailureMarksDirty(t *testing.T) {
 
 	failUp := func() {
 		t.Helper()
-		wantErr(t, "up", m.up(ctx), "0002_index.up.sql:3:8:", `column "nosuchcolumn" does not exist`,
+		wantErr(t, "up", m.up(ctx), "0002_index.up.sql:", `could not create unique index "items_name_idx"`, "SQLSTATE 23505",
 			"without a transaction", "marked dirty", "migrate force 2", "migrate force 1")
 		if !relationExists(t, db, "items_name_idx") {
-			t.Errorf("the statement before the failing one was not applied: items_name_idx is missing")
+			t.Errorf("the failed build left nothing behind: items_name_idx is missing")
 		}
 		if relationExists(t, db, "more") {
 			t.Errorf("0003 ran after the failure")
@@ -342,6 +343,8 @@ func TestMigrateNoTransactionFailureMarksDirty(t *testing.T) {
 	wantErr(t, "force 3", m.force(ctx, 3), "cannot force 3", "force 2 records it as applied, force 1 as not applied")
 
 	// force 1: the operator undid it; it is pending again, and fails again.
+	_, err = db.ExecContext(ctx, "DROP INDEX items_name_idx")
+	mustf(t, err, "undo the invalid index")
 	out.Reset()
 	mustf(t, m.force(ctx, 1), "force 1")
 	wantContains(t, "force 1", out.String(), "recorded 0002_index as not applied")
@@ -358,6 +361,45 @@ func TestMigrateNoTransactionFailureMarksDirty(t *testing.T) {
 	mustf(t, m.up(ctx), "up after force 2")
 	wantLines(t, "up after force 2", out.String(), `^applied 0003_more `)
 	wantErr(t, "force on a clean database", m.force(ctx, 3), "nothing to force")
+}
+
+// TestMigrateNoTransactionOneStatement: a no-transaction file holds exactly
+// one statement. A second one, or one PostgreSQL cannot parse, is refused
+// before anything runs: nothing applied, nothing marked dirty.
+func TestMigrateNoTransactionOneStatement(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openMigrateTestDB(t, newTestDatabase(t))
+	base := []string{"0001_items.up.sql", "CREATE TABLE items (id bigint PRIMARY KEY, name text);"}
+	for _, tt := range []struct {
+		name, up string
+		want     []string
+	}{
+		{"two statements", "-- zenspa:no-transaction\nCREATE INDEX CONCURRENTLY items_a_idx ON items (name);\nCREATE TABLE other (id int);\n",
+			[]string{"0002_two.up.sql holds more than one statement", "may hold only one", "nothing of it was applied"}},
+		{"two on one line", "-- zenspa:no-transaction\nCREATE TABLE other (id int); CREATE TABLE another (id int);",
+			[]string{"0002_two.up.sql holds more than one statement"}},
+		{"unknown column", "-- zenspa:no-transaction\n\nSELECT nosuchcolumn FROM items;\n",
+			[]string{"0002_two.up.sql:3:8:", `column "nosuchcolumn" does not exist`, "nothing of it was applied"}},
+		{"syntax error", "-- zenspa:no-transaction\nCREATE INDEX CONCURRENTLY ON ON items;\n",
+			[]string{"0002_two.up.sql:2:", "syntax error", "nothing of it was applied"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			m := testMigrator(t, db, migrationFS(t, append(base, "0002_two.up.sql", tt.up)...), &out)
+			wantErr(t, "up", m.up(ctx), tt.want...)
+			for _, rel := range []string{"items_a_idx", "other", "another"} {
+				if relationExists(t, db, rel) {
+					t.Errorf("%s exists: the refused file ran", rel)
+				}
+			}
+			rows, err := readApplied(ctx, db)
+			mustf(t, err, "readApplied")
+			if len(rows) != 1 || rows[0].version != 1 || rows[0].dirty {
+				t.Errorf("schema_migrations = %+v, want only 0001, clean", rows)
+			}
+		})
+	}
 }
 
 func TestMigrateDrift(t *testing.T) {
@@ -464,7 +506,8 @@ func TestMigrateConcurrentUp(t *testing.T) {
 		"0001_counter.up.sql", "CREATE TABLE counter (version int NOT NULL);",
 		"0002_one.up.sql", "INSERT INTO counter VALUES (2); SELECT pg_sleep(0.05);",
 		"0003_two.up.sql", "INSERT INTO counter VALUES (3);",
-		"0004_three.up.sql", "-- zenspa:no-transaction\nINSERT INTO counter VALUES (4);\nCREATE INDEX CONCURRENTLY counter_idx ON counter (version);",
+		"0004_three.up.sql", "-- zenspa:no-transaction\nINSERT INTO counter VALUES (4);",
+		"0005_index.up.sql", "-- zenspa:no-transaction\nCREATE INDEX CONCURRENTLY counter_idx ON counter (version);",
 	)
 	const workers = 8
 	dbs := make([]*sql.DB, workers)
@@ -500,7 +543,7 @@ func TestMigrateConcurrentUp(t *testing.T) {
 			}
 		}
 	}
-	for _, label := range []string{"0001_counter", "0002_one", "0003_two", "0004_three"} {
+	for _, label := range []string{"0001_counter", "0002_one", "0003_two", "0004_three", "0005_index"} {
 		if applied[label] != 1 {
 			t.Errorf("%s was applied %d times by the workers, want 1", label, applied[label])
 		}
@@ -510,8 +553,8 @@ func TestMigrateConcurrentUp(t *testing.T) {
 	if got != "2,3,4" {
 		t.Errorf("counter rows = %s, want 2,3,4 (each migration once)", got)
 	}
-	if got := appliedVersions(t, dbs[0]); fmt.Sprint(got) != "[1 2 3 4]" {
-		t.Errorf("schema_migrations = %v, want [1 2 3 4]", got)
+	if got := appliedVersions(t, dbs[0]); fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Errorf("schema_migrations = %v, want [1 2 3 4 5]", got)
 	}
 }
 
@@ -685,8 +728,12 @@ func TestMigrateNew(t *testing.T) {
 	if len(files) != 3 || last.label != "0004_add_clients" || !last.hasDown || last.upNoTx {
 		t.Errorf("after migrate new, last migration = %+v, want 0004_add_clients with a down file", last)
 	}
-	if len(splitStatements(last.upSQL)) != 0 || len(splitStatements(last.downSQL)) != 0 {
-		t.Errorf("new files hold statements, want only comments:\n%s\n%s", last.upSQL, last.downSQL)
+	for _, body := range []string{last.upSQL, last.downSQL} {
+		for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+			if !strings.HasPrefix(line, "--") {
+				t.Errorf("new file holds %q, want only comments:\n%s", line, body)
+			}
+		}
 	}
 	out, err = newIn(checkout, "more")
 	mustf(t, err, "migrate new more")
@@ -836,37 +883,6 @@ func TestMigrateCommandLine(t *testing.T) {
 	for _, secret := range []string{testDatabasePassword, "wrong-secret"} {
 		if strings.Contains(all.String(), secret) {
 			t.Errorf("migrate output contains %q:\n%s", secret, all.String())
-		}
-	}
-}
-
-func TestSplitStatements(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   string
-		want []string
-	}{
-		{"SELECT 1; SELECT 2;", []string{"SELECT 1;", "SELECT 2;"}},
-		{"SELECT 1;\nSELECT 2", []string{"SELECT 1;", "SELECT 2"}},
-		{"-- a; comment\nSELECT 1; /* x; /* nested; */ still; */ SELECT 2;", []string{"SELECT 1;", "SELECT 2;"}},
-		{"SELECT ';', 'it''s;'; SELECT E'\\';';", []string{"SELECT ';', 'it''s;';", "SELECT E'\\';';"}},
-		{`SELECT "a;""b" FROM t; SELECT 2;`, []string{`SELECT "a;""b" FROM t;`, "SELECT 2;"}},
-		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$; SELECT $$;$$;",
-			[]string{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$;", "SELECT $$;$$;"}},
-		{"PREPARE p AS SELECT $1; SELECT a$b FROM t;", []string{"PREPARE p AS SELECT $1;", "SELECT a$b FROM t;"}},
-		{"-- zenspa:no-transaction\n;\n/* only comments */\n", nil},
-	}
-	for _, tt := range tests {
-		got := splitStatements(tt.in)
-		var sqls []string
-		for _, st := range got {
-			sqls = append(sqls, st.sql)
-			if !strings.HasPrefix(tt.in[st.offset:], st.sql) {
-				t.Errorf("splitStatements(%q): offset %d does not point at %q", tt.in, st.offset, st.sql)
-			}
-		}
-		if fmt.Sprintf("%q", sqls) != fmt.Sprintf("%q", tt.want) {
-			t.Errorf("splitStatements(%q) = %q, want %q", tt.in, sqls, tt.want)
 		}
 	}
 }
