@@ -50,6 +50,7 @@ type config struct {
 	MetricsAddr           string // host:port of the private /metrics and pprof listener; empty: /metrics on the main one
 	DocsEnabled           bool   // serve /openapi.json, /docs and /redoc
 	DocsAssetBaseURL      string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
+	NotifySocket          string // systemd's sd_notify socket; empty when not under Type=notify
 	configFileDescription string // which .env file was read, for the startup log
 }
 
@@ -100,6 +101,7 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		MigrateLockTimeout:   p.duration("MIGRATE_LOCK_TIMEOUT", 60*time.Second, false),
 		MetricsEnabled:       p.boolean("METRICS_ENABLED", true),
 		MetricsAddr:          p.listenAddress("METRICS_ADDR"),
+		NotifySocket:         get("NOTIFY_SOCKET"),
 
 		configFileDescription: source,
 	}

@@ -808,3 +808,75 @@ func TestConfigUnknownKeysIgnored(t *testing.T) {
 		t.Errorf("loadConfig(unknown keys).Port = %d, want 9000", cfg.Port)
 	}
 }
+
+// TestEnvExampleMatchesConfig keeps .env.example, the one table of the
+// configuration, true: it names exactly the variables loadConfig reads, and
+// every value it sets is that variable's default (but DATABASE_URL's, which
+// has none: the file holds the local development database there).
+func TestEnvExampleMatchesConfig(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(".env.example")
+	mustf(t, err, "read .env.example")
+	set, err := parseDotenv(".env.example", data)
+	mustf(t, err, "parse .env.example")
+	unset := map[string]bool{} // the #KEY=example lines
+	for _, line := range strings.Split(string(data), "\n") {
+		if key, _, ok := strings.Cut(strings.TrimPrefix(line, "#"), "="); ok && line != "" && line[0] == '#' && validEnvKey(key) {
+			unset[key] = true
+			if _, both := set[key]; both {
+				t.Errorf(".env.example sets %s and shows it unset too", key)
+			}
+		}
+	}
+
+	// The variables loadConfig asks for, read off its lookups.
+	empty := writeConfigFile(t, "empty.env", "")
+	lookupOnly := func(kv map[string]string, asked map[string]bool) func(string) (string, bool) {
+		return func(key string) (string, bool) {
+			if asked != nil {
+				asked[key] = true
+			}
+			v, ok := kv[key]
+			return v, ok
+		}
+	}
+	asked := map[string]bool{}
+	_, _ = loadConfig(lookupOnly(map[string]string{"ENV_FILE": empty}, asked))
+	for key := range asked {
+		if _, ok := set[key]; !ok && !unset[key] {
+			t.Errorf("config.go reads %s, which .env.example does not list", key)
+		}
+	}
+	for key := range set {
+		if !asked[key] {
+			t.Errorf(".env.example sets %s, which config.go does not read", key)
+		}
+	}
+	for key := range unset {
+		if !asked[key] {
+			t.Errorf(".env.example lists %s, which config.go does not read", key)
+		}
+	}
+
+	// Each value set must change nothing against the defaults.
+	base := map[string]string{"ENV_FILE": empty, "DATABASE_URL": set["DATABASE_URL"]}
+	defaults, err := loadConfig(lookupOnly(base, nil))
+	mustf(t, err, "loadConfig with only DATABASE_URL")
+	for key, value := range set {
+		if key == "DATABASE_URL" {
+			continue
+		}
+		env := map[string]string{key: value}
+		for k, v := range base {
+			env[k] = v
+		}
+		cfg, err := loadConfig(lookupOnly(env, nil))
+		if err != nil {
+			t.Errorf(".env.example's %s=%s is refused: %v", key, value, err)
+			continue
+		}
+		if !reflect.DeepEqual(cfg, defaults) {
+			t.Errorf(".env.example's %s=%s is not the default config.go uses", key, value)
+		}
+	}
+}

@@ -4,14 +4,15 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
+	"strings"
 )
 
 // openAPIDocument is the hand-written OpenAPI 3.1 description of every route.
-// Its info.version is a placeholder: handleOpenAPI puts APP_VERSION there.
+// Its info.version is a placeholder (openAPIVersionPlaceholder):
+// handleOpenAPI puts APP_VERSION there.
 //
 //go:embed openapi.json
 var openAPIDocument []byte
@@ -47,38 +48,16 @@ var (
 		"sha384-w447zOpYfw/1Tv/5AK9NfHTlQIqE3RVR6KY62jCyy9zNDgO64cMwGGP1Fj0zJVf5"}
 )
 
-// handleSwaggerUI serves /docs: Swagger UI on /openapi.json.
-func (s *server) handleSwaggerUI() http.Handler {
-	base := s.cfg.DocsAssetBaseURL
-	return s.handleDocsPage(base, docsPage{
-		Title:   s.cfg.AppName + " API (Swagger UI)",
-		MountID: "swagger-ui",
-		Styles:  []docsAsset{swaggerUIStyle},
-		Scripts: []docsAsset{swaggerUIScript},
-		Init:    "/docs/init.js",
-		// Swagger UI draws its icons from data: URLs in its stylesheet.
-		CSP: "default-src 'none'; script-src 'self' " + swaggerUIScript.url(base) +
-			"; style-src " + swaggerUIStyle.url(base) +
-			"; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-	})
-}
-
-// handleRedoc serves /redoc: ReDoc on /openapi.json.
-func (s *server) handleRedoc() http.Handler {
-	base := s.cfg.DocsAssetBaseURL
-	return s.handleDocsPage(base, docsPage{
-		Title:   s.cfg.AppName + " API (ReDoc)",
-		MountID: "redoc",
-		Scripts: []docsAsset{redocScript},
-		Init:    "/redoc/init.js",
-		// ReDoc styles itself with <style> elements it creates at run time
-		// (styled-components) and builds its search index in a worker
-		// started from a blob: URL.
-		CSP: "default-src 'none'; script-src 'self' " + redocScript.url(base) +
-			"; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; worker-src blob:" +
-			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-	})
-}
+// The two documentation pages. Swagger UI draws its icons from data: URLs in
+// its stylesheet; ReDoc styles itself with <style> elements it creates at run
+// time (styled-components) and builds its search index in a worker started
+// from a blob: URL.
+var (
+	swaggerUIPage = docsPage{Title: "Swagger UI", MountID: "swagger-ui", Init: "/docs/init.js",
+		Styles: []docsAsset{swaggerUIStyle}, Scripts: []docsAsset{swaggerUIScript}}
+	redocPage = docsPage{Title: "ReDoc", MountID: "redoc", Init: "/redoc/init.js",
+		Scripts: []docsAsset{redocScript}, InlineStyles: true, BlobWorker: true}
+)
 
 // handleOpenAPI serves the OpenAPI document with info.version set to
 // APP_VERSION, rewritten once here rather than on every request.
@@ -95,68 +74,33 @@ func (s *server) handleOpenAPI() http.Handler {
 	})
 }
 
-// withInfoVersion returns doc with info.version replaced, every member left
-// in the order it was written, so that the document reads as it does in the
-// source and the UIs list the routes in that order.
+// openAPIVersionPlaceholder is info.version as openapi.json spells it.
+const openAPIVersionPlaceholder = `"version": "0.0.0"`
+
+// withInfoVersion returns doc with its info.version placeholder replaced by
+// version. Only a string edit keeps every member where it was written, so
+// that the document reads as it does in the source and the UIs list the
+// routes in that order.
 func withInfoVersion(doc []byte, version string) (json.RawMessage, error) {
+	if n := bytes.Count(doc, []byte(openAPIVersionPlaceholder)); n != 1 {
+		return nil, fmt.Errorf("want info.version written once as %s, found it %d times", openAPIVersionPlaceholder, n)
+	}
 	v, err := json.Marshal(version)
 	if err != nil {
 		return nil, err
 	}
-	return replaceMember(doc, "info", func(info json.RawMessage) (json.RawMessage, error) {
-		return replaceMember(info, "version", func(json.RawMessage) (json.RawMessage, error) { return v, nil })
-	})
-}
-
-// replaceMember returns the JSON object obj with the value of its member key
-// replaced by fn(value), keeping the order of the members.
-func replaceMember(obj []byte, key string, fn func(json.RawMessage) (json.RawMessage, error)) (json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(obj))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, errors.New("not a JSON object")
-	}
-	var out bytes.Buffer
-	out.WriteByte('{')
-	found := false
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
-			return nil, err
-		}
-		name := tok.(string) // an object's keys are strings
-		if name == key {
-			if value, err = fn(value); err != nil {
-				return nil, fmt.Errorf("%s: %w", key, err)
-			}
-			found = true
-		}
-		if out.Len() > 1 {
-			out.WriteByte(',')
-		}
-		k, _ := json.Marshal(name)
-		out.Write(k)
-		out.WriteByte(':')
-		out.Write(value)
-	}
-	if !found {
-		return nil, fmt.Errorf("no member %q", key)
-	}
-	out.WriteByte('}')
-	return out.Bytes(), nil
+	return bytes.Replace(doc, []byte(openAPIVersionPlaceholder), append([]byte(`"version": `), v...), 1), nil
 }
 
 // docsPage is what sets one documentation page apart from the other.
 type docsPage struct {
-	Title   string
-	MountID string      // the element the UI draws into
-	Styles  []docsAsset // loaded with SRI from the asset base URL
-	Scripts []docsAsset // likewise, before Init
-	Init    string      // our script that starts the UI, served from the binary
-	CSP     string
+	Title        string      // after "APP_NAME API"
+	MountID      string      // the element the UI draws into
+	Init         string      // our script that starts the UI, served from the binary
+	Styles       []docsAsset // loaded with SRI from the asset base URL
+	Scripts      []docsAsset // likewise, before Init
+	InlineStyles bool        // the UI needs style-src 'unsafe-inline'
+	BlobWorker   bool        // the UI needs worker-src blob:
 }
 
 // docsPageTemplate is the HTML of both pages. It has no inline script or
@@ -166,7 +110,7 @@ var docsPageTemplate = template.Must(template.New("docs").Parse(`<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{.Page.Title}}</title>
+<title>{{.Title}}</title>
 <link rel="icon" href="data:,">
 {{- range .Styles}}
 <link rel="stylesheet" href="{{.URL}}" integrity="{{.Integrity}}" crossorigin="anonymous">
@@ -185,9 +129,10 @@ var docsPageTemplate = template.Must(template.New("docs").Parse(`<!doctype html>
 // assetLink is an asset as the template writes it.
 type assetLink struct{ URL, Integrity string }
 
-// handleDocsPage renders page once and serves it as HTML with its
-// Content-Security-Policy.
-func (s *server) handleDocsPage(base string, page docsPage) http.Handler {
+// handleDocsPage renders page once and serves it as HTML with a
+// Content-Security-Policy that allows the page's own files and nothing else.
+func (s *server) handleDocsPage(page docsPage) http.Handler {
+	base := s.cfg.DocsAssetBaseURL
 	links := func(assets []docsAsset) []assetLink {
 		out := make([]assetLink, len(assets))
 		for i, a := range assets {
@@ -195,18 +140,36 @@ func (s *server) handleDocsPage(base string, page docsPage) http.Handler {
 		}
 		return out
 	}
+	urls := func(assets []docsAsset) string {
+		var out []string
+		for _, a := range assets {
+			out = append(out, a.url(base))
+		}
+		return strings.Join(out, " ")
+	}
+	styleSrc, worker := urls(page.Styles), ""
+	if page.InlineStyles {
+		styleSrc = "'unsafe-inline'"
+	}
+	if page.BlobWorker {
+		worker = "; worker-src blob:"
+	}
+	csp := "default-src 'none'; script-src 'self' " + urls(page.Scripts) + "; style-src " + styleSrc +
+		"; img-src data:; connect-src 'self'" + worker + "; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
 	var html bytes.Buffer
 	err := docsPageTemplate.Execute(&html, struct {
+		Title           string
 		Page            docsPage
 		Styles, Scripts []assetLink
-	}{page, links(page.Styles), links(page.Scripts)})
+	}{s.cfg.AppName + " API (" + page.Title + ")", page, links(page.Styles), links(page.Scripts)})
 	if err != nil {
 		err = fmt.Errorf("docs page %q: %w", page.Title, err)
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.writeError(w, r, err) })
 	}
 	body := html.Bytes()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Security-Policy", page.CSP)
+		w.Header().Set("Content-Security-Policy", csp)
 		writeBody(w, http.StatusOK, "text/html; charset=utf-8", body)
 	})
 }

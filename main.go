@@ -150,7 +150,7 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	}
 	serveErr := l.start()
 	s.logStarted(l, started)
-	if err := notifySystemd(lookupEnv, "READY=1"); err != nil {
+	if err := notifySystemd(cfg.NotifySocket, "READY=1"); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}
 
@@ -160,7 +160,7 @@ func serve(ctx context.Context, lookupEnv func(string) (string, bool), stdout io
 	case <-ctx.Done():
 	}
 	stop() // a second signal ends the process at once
-	if err := notifySystemd(lookupEnv, "STOPPING=1"); err != nil {
+	if err := notifySystemd(cfg.NotifySocket, "STOPPING=1"); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}
 	return s.shutdown(l)
@@ -305,10 +305,9 @@ func versionInfo() (version, commit, date string) {
 }
 
 // notifySystemd sends state ("READY=1", "STOPPING=1") to systemd over the
-// datagram socket in NOTIFY_SOCKET (the sd_notify protocol). Without the
-// variable it does nothing: zenspa is not running under Type=notify.
-func notifySystemd(lookupEnv func(string) (string, bool), state string) error {
-	socket, _ := lookupEnv("NOTIFY_SOCKET")
+// datagram socket NOTIFY_SOCKET names (the sd_notify protocol). Without one
+// it does nothing: zenspa is not running under Type=notify.
+func notifySystemd(socket, state string) error {
 	switch {
 	case socket == "":
 		return nil

@@ -14,8 +14,18 @@ import (
 )
 
 // Prometheus metrics, written by hand in the text exposition format 0.0.4
-// (https://prometheus.io/docs/instrumenting/exposition_formats/): requests,
-// dependency checks, the two pools, a few runtime figures and the build.
+// (https://prometheus.io/docs/instrumenting/exposition_formats/). The
+// families, each with a HELP line in writeMetrics:
+//
+//	http_requests_total{method,route,code}, http_request_duration_seconds{method,route},
+//	http_requests_in_flight; dependency_up{dependency},
+//	dependency_check_duration_seconds{dependency}; db_pool_* (open, in use,
+//	idle, max, waits, wait time) and redis_pool_* (active, idle);
+//	process_start_time_seconds, go_goroutines, go_memstats_heap_inuse_bytes,
+//	go_gc_cycles_total; zenspa_build_info{version,goversion}.
+//
+// route is a registered pattern or "unmatched", never a raw path, and method
+// one of methodLabels: no request can add a series.
 
 // metricsPath is where Prometheus scrapes; metricsPattern is its route.
 const (

@@ -97,6 +97,10 @@ type migrateArgs struct {
 	allowDrift bool
 }
 
+// migrateSubcommands names the argument each subcommand takes: none (""),
+// an optional one ("[N]") or a required one.
+var migrateSubcommands = map[string]string{"up": "", "status": "", "down": "[N]", "force": "VERSION", "new": "NAME"}
+
 // parseMigrateArgs reads `migrate SUBCOMMAND [ARG] [--allow-drift]`; every
 // mistake is a *usageError.
 func parseMigrateArgs(args []string) (migrateArgs, error) {
@@ -118,42 +122,31 @@ func parseMigrateArgs(args []string) (migrateArgs, error) {
 		return a, &usageError{"migrate needs a subcommand: up, down, status, force or new"}
 	}
 	a.sub, rest = rest[0], rest[1:]
+	arg, ok := migrateSubcommands[a.sub]
+	switch {
+	case !ok:
+		return a, &usageError{fmt.Sprintf("migrate: unknown subcommand %q (want up, down, status, force or new)", a.sub)}
+	case len(rest) > 1 || len(rest) == 1 && arg == "" || len(rest) == 0 && arg != "" && arg[0] != '[':
+		return a, &usageError{fmt.Sprintf("usage: zenspa migrate %s %s", a.sub, arg)}
+	}
+	var err error
 	switch a.sub {
-	case "up", "status":
-		if len(rest) > 0 {
-			return a, &usageError{fmt.Sprintf("migrate %s takes no arguments, got %q", a.sub, rest[0])}
-		}
 	case "down":
 		a.n = 1
-		if len(rest) > 1 {
-			return a, &usageError{fmt.Sprintf("migrate down takes at most one argument (N), got %q", rest[1])}
-		}
 		if len(rest) == 1 {
-			n, err := strconv.Atoi(rest[0])
-			if err != nil || n < 1 {
+			if a.n, err = strconv.Atoi(rest[0]); err != nil || a.n < 1 {
 				return a, &usageError{fmt.Sprintf("migrate down N: N must be a whole number of at least 1, got %q", rest[0])}
 			}
-			a.n = n
 		}
 	case "force":
-		if len(rest) != 1 {
-			return a, &usageError{"migrate force needs exactly one VERSION"}
-		}
-		v, err := strconv.ParseInt(rest[0], 10, 64)
-		if err != nil || v < 0 {
+		if a.version, err = strconv.ParseInt(rest[0], 10, 64); err != nil || a.version < 0 {
 			return a, &usageError{fmt.Sprintf("migrate force VERSION: VERSION must be a migration number such as 3 or 0003, got %q", rest[0])}
 		}
-		a.version = v
 	case "new":
-		if len(rest) != 1 {
-			return a, &usageError{"migrate new needs exactly one NAME, such as add_clients"}
-		}
 		if !migrationNamePattern.MatchString(rest[0]) {
 			return a, &usageError{fmt.Sprintf("migrate new NAME: NAME must be lower-case letters, digits and _, such as add_clients, got %q", rest[0])}
 		}
 		a.name = rest[0]
-	default:
-		return a, &usageError{fmt.Sprintf("migrate: unknown subcommand %q (want up, down, status, force or new)", a.sub)}
 	}
 	if a.allowDrift && a.sub != "up" && a.sub != "down" {
 		return a, &usageError{"--allow-drift applies to migrate up and migrate down only"}

@@ -72,9 +72,9 @@ func (s *server) routeTable() []route {
 	if s.cfg.DocsEnabled { // otherwise they answer 404 like any unknown path
 		table = append(table,
 			route{pattern: "GET /openapi.json", handler: s.handleOpenAPI()},
-			route{pattern: "GET /docs", handler: s.handleSwaggerUI()},
+			route{pattern: "GET /docs", handler: s.handleDocsPage(swaggerUIPage)},
 			route{pattern: "GET /docs/init.js", handler: handleScript(swaggerInitScript)},
-			route{pattern: "GET /redoc", handler: s.handleRedoc()},
+			route{pattern: "GET /redoc", handler: s.handleDocsPage(redocPage)},
 			route{pattern: "GET /redoc/init.js", handler: handleScript(redocInitScript)},
 		)
 	}
