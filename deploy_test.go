@@ -321,7 +321,7 @@ func TestLogFileReopensOnSIGHUP(t *testing.T) {
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(bin, "serve")
 	cmd.Dir = dir
-	cmd.Env = processEnv(t, newTestDatabase(t), "PORT="+strconv.Itoa(port), "HOST=127.0.0.1",
+	cmd.Env = childEnv(t, newTestDatabase(t), "PORT="+strconv.Itoa(port), "HOST=127.0.0.1",
 		"LOG_FILE="+logPath, "LOG_LEVEL=INFO")
 	mustf(t, cmd.Start(), "start %s", bin)
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
@@ -615,12 +615,6 @@ func selfSignedPEM(t *testing.T) []byte {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	mustf(t, err, "create a certificate")
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
-// processEnv is procEnv with DATABASE_URL set to databaseURL.
-func processEnv(t *testing.T, databaseURL string, kv ...string) []string {
-	t.Helper()
-	return procEnv(t, append([]string{"DATABASE_URL=" + databaseURL}, kv...)...)
 }
 
 // waitUntilReady polls base/health/ready until it answers 200, for 10 s at

@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -118,109 +117,134 @@ func TestFaultProxy(t *testing.T) {
 	}
 }
 
-// TestFaultPostgresCut cuts PostgreSQL for 3 s under load: the probes answer
-// 503 in time while it is away, everything answers 200 within 1 s of its
-// return, and no goroutine is left behind. Not parallel: it counts
-// goroutines.
-func TestFaultPostgresCut(t *testing.T) {
+// postgresFault is what a case of TestFaultPostgres works with.
+type postgresFault struct {
+	s      *server // behind the proxy, serving ts
+	dialer *server // behind the proxy too, with an empty pool
+	ts     *httptest.Server
+	proxy  *faultProxy
+}
+
+// TestFaultPostgres takes PostgreSQL away under load: cut (connections
+// dropped, connecting refused) for 3 s, or stalled (nothing answers) for
+// 2.5 s. The probes answer 503 in time while it is away, everything answers
+// 200 within 1 s of its return, and no goroutine is left behind. Each case
+// checks what only it can show while PostgreSQL is away. Not parallel: it
+// counts goroutines.
+func TestFaultPostgres(t *testing.T) {
 	const checkTimeout = 500 * time.Millisecond
-	dbURL := newTestDatabase(t)
-	proxy := startFaultProxy(t, urlHost(t, dbURL))
-	cfg := testConfig(t, withHost(t, dbURL, proxy.addr),
-		"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms", "DB_POOL_TIMEOUT=1s")
-	s, logs := newTestServer(t, cfg)
-	mustf(t, s.db.connectWithRetry(context.Background(), 1, time.Second, 5*time.Second), "connect through the proxy")
-	ts := httptest.NewServer(faultRoutes(s))
-	t.Cleanup(ts.Close)
-	paths := []string{"/", "/health", "/health/db", "/health/ready", "/test/query"}
+	for _, tc := range []struct {
+		name  string
+		fault func(*faultProxy)
+		away  time.Duration
+		env   []string
+		paths []string
+		// whileAway runs once PostgreSQL is away; it returns the checks to
+		// run once it is back.
+		whileAway             func(t *testing.T, f postgresFault) (afterHeal func())
+		minAway, minRecovered int
+	}{
+		{name: "cut", fault: (*faultProxy).cut, away: 3 * time.Second,
+			env:       []string{"DB_POOL_TIMEOUT=1s"},
+			paths:     []string{"/", "/health", "/health/db", "/health/ready", "/test/query"},
+			whileAway: whileCut, minAway: 20, minRecovered: 8},
+		{name: "stall", fault: (*faultProxy).stall, away: 2500 * time.Millisecond,
+			env:       []string{"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms"},
+			paths:     []string{"/", "/health", "/health/db", "/health/ready"},
+			whileAway: whileStalled, minAway: 10, minRecovered: 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dbURL := newTestDatabase(t)
+			proxy := startFaultProxy(t, urlHost(t, dbURL))
+			cfg := testConfig(t, withHost(t, dbURL, proxy.addr),
+				append([]string{"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms"}, tc.env...)...)
+			s, logs := newTestServer(t, cfg)
+			mustf(t, s.db.connectWithRetry(context.Background(), 1, time.Second, 5*time.Second), "connect through the proxy")
+			ts := httptest.NewServer(faultRoutes(s))
+			t.Cleanup(ts.Close)
+			// Two established pooled connections, so that queries hang on a
+			// stall rather than in a handshake; and a second server whose
+			// pool is empty, which has to open a connection while
+			// PostgreSQL is away (its handshake bounded by
+			// DB_CONNECT_TIMEOUT, 2 s).
+			faultFillPool(t, s.db, 2)
+			dialer, _ := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr),
+				"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms", "DB_CONNECT_TIMEOUT=2s"))
 
-	// Warm up, so the pools and the client hold what they will hold later.
-	warm := startFaultLoad(t, ts.URL, 8, 20, 0, paths...)
-	for _, r := range warm.finish() {
-		if r.err != nil || r.status != http.StatusOK {
-			t.Fatalf("warm-up GET %s = %d %v %s, want 200", r.path, r.status, r.err, r.body)
-		}
-	}
-	before := faultSettledGoroutines(proxy)
-
-	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, paths...)
-	time.Sleep(300 * time.Millisecond)
-	cutAt := time.Now()
-	proxy.cut()
-	time.Sleep(3 * time.Second)
-	healAt := time.Now()
-	proxy.heal()
-	time.Sleep(1500 * time.Millisecond)
-	results := load.finish()
-
-	down, recovered := 0, 0
-	for _, r := range results {
-		switch {
-		case r.err != nil:
-			t.Errorf("GET %s: %v, want an answer whatever PostgreSQL does", r.path, r.err)
-		case r.path == "/" || r.path == "/health":
-			if r.status != http.StatusOK {
-				t.Errorf("GET %s at %v = %d %s, want 200 (it touches no dependency)", r.path, r.start.Sub(cutAt), r.status, r.body)
+			// Warm up, so the pools and the client hold what they will hold later.
+			for _, r := range startFaultLoad(t, ts.URL, 8, 20, 0, tc.paths...).finish() {
+				if r.err != nil || r.status != http.StatusOK {
+					t.Fatalf("warm-up GET %s = %d %v %s, want 200", r.path, r.status, r.err, r.body)
+				}
 			}
-		case r.start.After(cutAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
-			down++
-			wantFaultUnhealthy(t, r, checkTimeout)
-		case r.start.After(healAt.Add(time.Second)):
-			recovered++
-			if r.status != http.StatusOK {
-				t.Errorf("GET %s %v after PostgreSQL came back = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
-			}
-		}
-	}
-	if down < 20 || recovered < 8 {
-		t.Errorf("requests while cut = %d, after recovery = %d: want at least 20 and 8 (is the load running?)", down, recovered)
-	}
-	t.Logf("%d requests: %d to the dependency routes while cut, %d after recovery", len(results), down, recovered)
+			before := faultSettledGoroutines(proxy)
 
-	wantFaultGoroutines(t, proxy, before)
-	if t.Failed() {
-		t.Logf("server log:\n%s", logs)
+			load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, tc.paths...)
+			time.Sleep(300 * time.Millisecond)
+			awayAt := time.Now()
+			tc.fault(proxy)
+			afterHeal := tc.whileAway(t, postgresFault{s: s, dialer: dialer, ts: ts, proxy: proxy})
+			time.Sleep(time.Until(awayAt.Add(tc.away)))
+			healAt := time.Now()
+			proxy.heal()
+			afterHeal()
+			time.Sleep(time.Until(healAt.Add(1500 * time.Millisecond)))
+			results := load.finish()
+
+			away, recovered := 0, 0
+			for _, r := range results {
+				switch {
+				case r.err != nil:
+					t.Errorf("GET %s: %v, want an answer whatever PostgreSQL does", r.path, r.err)
+				case r.path == "/" || r.path == "/health":
+					if r.status != http.StatusOK {
+						t.Errorf("GET %s at %v = %d %s, want 200 (it touches no dependency)", r.path, r.start.Sub(awayAt), r.status, r.body)
+					}
+				case r.start.After(awayAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
+					away++
+					wantFaultUnhealthy(t, r, checkTimeout)
+				case r.start.After(healAt.Add(time.Second)):
+					recovered++
+					if r.status != http.StatusOK {
+						t.Errorf("GET %s %v after PostgreSQL came back = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
+					}
+				}
+			}
+			if away < tc.minAway || recovered < tc.minRecovered {
+				t.Errorf("requests while away = %d, after recovery = %d: want at least %d and %d (is the load running?)",
+					away, recovered, tc.minAway, tc.minRecovered)
+			}
+			t.Logf("%d requests: %d to the dependency routes while away, %d after recovery", len(results), away, recovered)
+
+			wantFaultGoroutines(t, proxy, before)
+			if t.Failed() {
+				t.Logf("server log:\n%s", logs)
+			}
+		})
 	}
 }
 
-// TestFaultPostgresStall stalls PostgreSQL: the probes still answer 503 in
-// time, a request waiting for a pooled connection gives up at DB_POOL_TIMEOUT
-// with 503 DATABASE_ERROR, the queries stuck on the stalled connections end
-// when it heals, and everything then succeeds. Not parallel: it counts
-// goroutines.
-func TestFaultPostgresStall(t *testing.T) {
-	const (
-		checkTimeout = 500 * time.Millisecond
-		poolTimeout  = 500 * time.Millisecond
-	)
-	dbURL := newTestDatabase(t)
-	proxy := startFaultProxy(t, urlHost(t, dbURL))
-	cfg := testConfig(t, withHost(t, dbURL, proxy.addr),
-		"HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms",
-		"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms")
-	s, logs := newTestServer(t, cfg)
+// whileCut: with PostgreSQL cut, opening a connection is refused at once,
+// so a request that needs one fails fast with 503 DATABASE_ERROR.
+func whileCut(t *testing.T, f postgresFault) func() {
+	start := time.Now()
+	var one int
+	err := f.dialer.db.queryRow(context.Background(), "SELECT 1", nil, &one)
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Code != codeDatabase || time.Since(start) > time.Second {
+		t.Errorf("queryRow opening a connection while cut = %v in %v, want an *apiError %s within 1s", err, time.Since(start), codeDatabase)
+	}
+	return func() {}
+}
+
+// whileStalled: with PostgreSQL stalled, a request waiting for a pooled
+// connection gives up at DB_POOL_TIMEOUT with 503 DATABASE_ERROR, the queries
+// stuck on the stalled connections end when it heals, and everything then
+// succeeds.
+func whileStalled(t *testing.T, f postgresFault) func() {
+	const poolTimeout = 500 * time.Millisecond
 	ctx := context.Background()
-	mustf(t, s.db.connectWithRetry(ctx, 1, time.Second, 5*time.Second), "connect through the proxy")
-	ts := httptest.NewServer(faultRoutes(s))
-	t.Cleanup(ts.Close)
-
-	// Open both pooled connections, so that the queries below find them
-	// established and hang on the stall instead of in a handshake.
-	faultFillPool(t, s.db, 2)
-	// A second server whose pool is empty: it has to open a connection on
-	// the stalled network, and the handshake (bounded by DB_CONNECT_TIMEOUT,
-	// 2 s here) must not hold the request past DB_POOL_TIMEOUT either.
-	dialer, _ := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr),
-		"DB_POOL_SIZE=2", "DB_MAX_OVERFLOW=0", "DB_POOL_TIMEOUT=500ms", "DB_CONNECT_TIMEOUT=2s"))
-	paths := []string{"/", "/health", "/health/db", "/health/ready"}
-	warm := startFaultLoad(t, ts.URL, 8, 10, 0, paths...)
-	warm.finish()
-	before := faultSettledGoroutines(proxy)
-
-	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, paths...)
-	time.Sleep(300 * time.Millisecond)
-	stallAt := time.Now()
-	proxy.stall()
+	s := f.s
 
 	// Two queries take both connections and hang on the stalled network: one
 	// with no deadline, one whose caller gives up (lib/pq then sends a cancel
@@ -231,8 +255,8 @@ func TestFaultPostgresStall(t *testing.T) {
 		hung <- s.db.queryRow(ctx, "SELECT 1", nil, &one)
 	}()
 	gaveUp, cancelGaveUp := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancelGaveUp()
 	go func() {
+		defer cancelGaveUp()
 		_, err := s.db.exec(gaveUp, "SELECT 1")
 		hung <- err
 	}()
@@ -277,20 +301,17 @@ func TestFaultPostgresStall(t *testing.T) {
 	// Room in the pool, but the new connection's handshake stalls.
 	start := time.Now()
 	var one int
-	err := dialer.db.queryRow(ctx, "SELECT 1", nil, &one)
+	err := f.dialer.db.queryRow(ctx, "SELECT 1", nil, &one)
 	wantPoolTimeout("queryRow opening a connection on the stalled network", time.Since(start), err)
 
 	// Through HTTP: the envelope, with the request's ID.
 	start = time.Now()
-	status, header, body := get(t, ts.URL, "/test/query")
+	status, header, body := get(t, f.ts.URL, "/test/query")
 	elapsed := time.Since(start)
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("GET /test/query with the pool exhausted = %d %s, want 503", status, body)
 	}
-	env := wantFaultEnvelope(t, "GET /test/query (pool exhausted)", header, body)
-	if code, _ := env["error"].(map[string]any)["code"].(string); code != string(codeDatabase) {
-		t.Errorf("GET /test/query (pool exhausted) error code = %q, want %s", code, codeDatabase)
-	}
+	wantErrorEnvelope(t, "GET /test/query (pool exhausted)", header, body, codeDatabase)
 	if elapsed < poolTimeout-50*time.Millisecond || elapsed >= poolTimeout+400*time.Millisecond {
 		t.Errorf("GET /test/query (pool exhausted) took %v, want about DB_POOL_TIMEOUT (%v)", elapsed, poolTimeout)
 	}
@@ -301,65 +322,32 @@ func TestFaultPostgresStall(t *testing.T) {
 		t.Errorf("a query on the stalled connection returned %v before the network healed, want it stuck", err)
 	default:
 	}
-	time.Sleep(time.Until(stallAt.Add(2500 * time.Millisecond)))
 
-	healAt := time.Now()
-	proxy.heal()
-	for range 2 {
-		select {
-		case err := <-hung:
-			var ae *apiError
-			if !errors.As(err, &ae) || ae.Code != codeDatabase {
-				t.Errorf("query freed by the heal = %v, want an *apiError %s", err, codeDatabase)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatalf("a query on a stalled connection still runs 2 s after the heal\n%s", goroutineDump())
-		}
-	}
-
-	// Everything succeeds again, the pool refilling with fresh connections.
-	var ok sync.WaitGroup
-	for i := range 4 {
-		ok.Add(1)
-		go func() {
-			defer ok.Done()
-			var n int
-			if err := s.db.queryRow(ctx, "SELECT $1::int", []any{i}, &n); err != nil || n != i {
-				t.Errorf("queryRow(SELECT %d) after the heal = %d, %v; want %d, nil", i, n, err, i)
-			}
-		}()
-	}
-	ok.Wait()
-	time.Sleep(time.Until(healAt.Add(1500 * time.Millisecond)))
-	results := load.finish()
-
-	down, recovered := 0, 0
-	for _, r := range results {
-		switch {
-		case r.err != nil:
-			t.Errorf("GET %s: %v, want an answer whatever PostgreSQL does", r.path, r.err)
-		case r.path == "/" || r.path == "/health":
-			if r.status != http.StatusOK {
-				t.Errorf("GET %s = %d %s, want 200 (it touches no dependency)", r.path, r.status, r.body)
-			}
-		case r.start.After(stallAt.Add(50*time.Millisecond)) && r.end.Before(healAt):
-			down++
-			wantFaultUnhealthy(t, r, checkTimeout)
-		case r.start.After(healAt.Add(time.Second)):
-			recovered++
-			if r.status != http.StatusOK {
-				t.Errorf("GET %s %v after the heal = %d %s, want 200", r.path, r.start.Sub(healAt), r.status, r.body)
+	return func() {
+		for range 2 {
+			select {
+			case err := <-hung:
+				var ae *apiError
+				if !errors.As(err, &ae) || ae.Code != codeDatabase {
+					t.Errorf("query freed by the heal = %v, want an *apiError %s", err, codeDatabase)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatalf("a query on a stalled connection still runs 2 s after the heal\n%s", goroutineDump())
 			}
 		}
-	}
-	if down < 10 || recovered < 4 {
-		t.Errorf("requests while stalled = %d, after recovery = %d: want at least 10 and 4 (is the load running?)", down, recovered)
-	}
-	t.Logf("%d requests: %d to the dependency routes while stalled, %d after recovery", len(results), down, recovered)
-
-	wantFaultGoroutines(t, proxy, before)
-	if t.Failed() {
-		t.Logf("server log:\n%s", logs)
+		// Everything succeeds again, the pool refilling with fresh connections.
+		var ok sync.WaitGroup
+		for i := range 4 {
+			ok.Add(1)
+			go func() {
+				defer ok.Done()
+				var n int
+				if err := s.db.queryRow(ctx, "SELECT $1::int", []any{i}, &n); err != nil || n != i {
+					t.Errorf("queryRow(SELECT %d) after the heal = %d, %v; want %d, nil", i, n, err, i)
+				}
+			}()
+		}
+		ok.Wait()
 	}
 }
 
@@ -407,7 +395,7 @@ func TestFaultRedisRestart(t *testing.T) {
 			if r.status != http.StatusServiceUnavailable || r.end.Sub(r.start) > 500*time.Millisecond+faultSlack {
 				t.Errorf("GET /health/redis with Redis killed = %d %s in %v, want 503 within HEALTH_CHECK_TIMEOUT (500ms) + %v",
 					r.status, r.body, r.end.Sub(r.start), faultSlack)
-			} else if m := faultJSON(t, r); m["connected"] != false || m["status"] != "unhealthy" {
+			} else if m := objectOf(t, "GET "+r.path, r.body); m["connected"] != false || m["status"] != "unhealthy" {
 				t.Errorf("GET /health/redis with Redis killed = %s, want status unhealthy, connected false", r.body)
 			}
 		case r.start.After(upAt.Add(time.Second)):
@@ -531,12 +519,12 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	redisHost, redisPort, _ := net.SplitHostPort(silentListener(t))
 	port := strconv.Itoa(freePort(t))
 	base := "http://127.0.0.1:" + port
-	child := startFaultChild(t, processEnv(t, dbURL, "HOST=127.0.0.1", "PORT="+port,
+	child := startChild(t, zenspaBinary(t), childEnv(t, dbURL, "HOST=127.0.0.1", "PORT="+port,
 		"REDIS_HOST="+redisHost, "REDIS_PORT="+redisPort, "HEALTH_CHECK_TIMEOUT=1s", "HEALTH_CACHE_TTL=0",
 		"SHUTDOWN_DRAIN_DELAY=0", "SHUTDOWN_TIMEOUT=10s", "LOG_LEVEL=DEBUG"))
 	// Not waitUntilReady: its 1 s client timeout races the 1 s Redis check
 	// that readiness waits for here.
-	child.waitReady(t, base)
+	child.waitServing(t, base+"/health/ready")
 
 	stop := make(chan struct{})
 	var mu sync.Mutex
@@ -578,12 +566,12 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	signalAt := time.Now()
 	mustf(t, child.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
-	code := child.wait(t, 10*time.Second)
+	code := child.exitCode(t, 10*time.Second)
 	close(stop)
 	wg.Wait()
 
 	if code != 0 {
-		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.out)
+		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.output())
 	}
 	s := <-slow
 	switch {
@@ -630,8 +618,8 @@ func TestFaultSIGTERMUnderLoad(t *testing.T) {
 	if answered < 50 {
 		t.Errorf("answered requests = %d, want at least 50 (is the load running?)", answered)
 	}
-	if !strings.Contains(child.out.String(), "shutting down") {
-		t.Errorf("zenspa output has no \"shutting down\" line:\n%s", child.out)
+	if !strings.Contains(child.output(), "shutting down") {
+		t.Errorf("zenspa output has no \"shutting down\" line:\n%s", child.output())
 	}
 	t.Logf("%d requests: %d answered (%d after the signal); unanswered after the signal: %d refused, %d on an idle connection closed, %d on a new connection reset",
 		len(results), answered, afterSignal, refused, idleClosed, lateNew)
@@ -649,13 +637,13 @@ func TestFaultStartupWhilePostgresDown(t *testing.T) {
 	proxy.cut()
 	port := strconv.Itoa(freePort(t))
 	base := "http://127.0.0.1:" + port
-	child := startFaultChild(t, processEnv(t, withHost(t, dbURL, proxy.addr), "HOST=127.0.0.1", "PORT="+port,
+	child := startChild(t, zenspaBinary(t), childEnv(t, withHost(t, dbURL, proxy.addr), "HOST=127.0.0.1", "PORT="+port,
 		"DB_CONNECT_ATTEMPTS=5", "DB_CONNECT_BACKOFF=200ms", "HEALTH_CACHE_TTL=0", "HEALTH_CHECK_TIMEOUT=500ms",
 		"SHUTDOWN_DRAIN_DELAY=0"))
 	time.Sleep(500 * time.Millisecond)
 	proxy.heal()
-	child.waitReady(t, base)
-	out := child.out.String()
+	child.waitServing(t, base+"/health/ready")
+	out := child.output()
 	if n := len(logLines(out, "database not reachable, retrying")); n < 1 {
 		t.Errorf("zenspa output has %d \"database not reachable, retrying\" lines, want at least 1:\n%s", n, out)
 	}
@@ -674,7 +662,7 @@ func TestFaultStartupWhilePostgresDown(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	results := load.finish()
 	if !child.running() {
-		t.Fatalf("zenspa exited during the PostgreSQL outage; output:\n%s", child.out)
+		t.Fatalf("zenspa exited during the PostgreSQL outage; output:\n%s", child.output())
 	}
 	down, recovered := 0, 0
 	for _, r := range results {
@@ -700,8 +688,8 @@ func TestFaultStartupWhilePostgresDown(t *testing.T) {
 	}
 
 	mustf(t, child.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM")
-	if code := child.wait(t, 10*time.Second); code != 0 {
-		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.out)
+	if code := child.exitCode(t, 10*time.Second); code != 0 {
+		t.Errorf("zenspa exit code after SIGTERM = %d, want 0; output:\n%s", code, child.output())
 	}
 }
 
@@ -864,7 +852,7 @@ func wantFaultUnhealthy(t *testing.T, r faultResult, checkTimeout time.Duration)
 	if r.path != "/test/query" && r.end.Sub(r.start) > checkTimeout+faultSlack {
 		t.Errorf("GET %s with PostgreSQL away took %v, want <= HEALTH_CHECK_TIMEOUT (%v) + %v", r.path, r.end.Sub(r.start), checkTimeout, faultSlack)
 	}
-	m := faultJSON(t, r)
+	m := objectOf(t, "GET "+r.path, r.body)
 	switch r.path {
 	case "/health/db":
 		if m["status"] != "unhealthy" || m["connected"] != false {
@@ -880,34 +868,6 @@ func wantFaultUnhealthy(t *testing.T, r faultResult, checkTimeout time.Duration)
 			t.Errorf("GET /test/query with PostgreSQL away = %s, want the %s envelope", r.body, codeDatabase)
 		}
 	}
-}
-
-// faultJSON decodes an answer's JSON object, failing the test if it is not
-// one.
-func faultJSON(t *testing.T, r faultResult) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.body, &m); err != nil {
-		t.Errorf("GET %s answered %q: not a JSON object (%v)", r.path, r.body, err)
-	}
-	return m
-}
-
-// wantFaultEnvelope checks the error envelope and its request ID.
-func wantFaultEnvelope(t *testing.T, what string, h http.Header, body []byte) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(body, &m); err != nil {
-		t.Errorf("%s answered %q: not JSON (%v)", what, body, err)
-		return nil
-	}
-	if ct := h.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("%s Content-Type = %q, want application/json", what, ct)
-	}
-	if m["status"] != "error" || m["request_id"] == "" || m["request_id"] != h.Get(headerRequestID) {
-		t.Errorf("%s = %s, want status error and request_id = X-Request-ID (%q)", what, body, h.Get(headerRequestID))
-	}
-	return m
 }
 
 // faultFillPool opens n pooled connections at once and returns them to the
@@ -1048,65 +1008,4 @@ func faultTracedGet(client *http.Client, target string) faultTraced {
 func faultDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
-}
-
-// faultChild is a zenspa child process; stdout and stderr go to out.
-type faultChild struct {
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	exited chan struct{}
-}
-
-// startFaultChild starts the built binary with exactly env, in an empty
-// directory. Cleanup kills it, by its PID, if it still runs.
-func startFaultChild(t *testing.T, env []string) *faultChild {
-	t.Helper()
-	c := &faultChild{cmd: exec.Command(zenspaBinary(t)), out: &syncBuffer{}, exited: make(chan struct{})}
-	c.cmd.Env = env
-	c.cmd.Dir = t.TempDir()
-	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
-	mustf(t, c.cmd.Start(), "start zenspa")
-	go func() { _ = c.cmd.Wait(); close(c.exited) }()
-	t.Cleanup(func() {
-		if c.running() {
-			_ = c.cmd.Process.Kill()
-		}
-		<-c.exited
-	})
-	return c
-}
-
-// running reports whether the child has not exited.
-func (c *faultChild) running() bool {
-	select {
-	case <-c.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// waitReady polls base/health/ready until it answers 200, 10 s at most, and
-// fails at once if the child exits.
-func (c *faultChild) waitReady(t *testing.T, base string) {
-	t.Helper()
-	ready := waitFor(10*time.Second, func() bool {
-		return !c.running() || faultStatus(base+"/health/ready") == http.StatusOK
-	})
-	if !ready || !c.running() {
-		t.Fatalf("zenspa did not become ready at %s within 10 s; output:\n%s", base, c.out)
-	}
-}
-
-// wait returns the child's exit code, failing the test if it still runs
-// after limit.
-func (c *faultChild) wait(t *testing.T, limit time.Duration) int {
-	t.Helper()
-	select {
-	case <-c.exited:
-		return c.cmd.ProcessState.ExitCode()
-	case <-time.After(limit):
-		t.Fatalf("zenspa still running %v later; output:\n%s", limit, c.out)
-		return -1
-	}
 }

@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -17,6 +19,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -110,10 +114,11 @@ func requireRedis(t testing.TB) {
 	c.Close()
 }
 
-// testEnv returns a lookupEnv for loadConfig: the given KEY=VALUE pairs over
-// a working configuration against the test services, with an empty .env file
-// so that a developer's own .env never leaks into a test.
-func testEnv(t testing.TB, databaseURL string, kv ...string) func(string) (string, bool) {
+// testVars is the configuration every test starts from: an empty ENV_FILE
+// (no developer's .env is read), databaseURL, the shared Redis, DEBUG logs
+// and quick failures. The KEY=VALUE pairs in kv override it; a bare KEY
+// removes that variable.
+func testVars(t testing.TB, databaseURL string, kv ...string) map[string]string {
 	t.Helper()
 	envFile := filepath.Join(t.TempDir(), "empty.env")
 	if err := os.WriteFile(envFile, nil, 0o600); err != nil {
@@ -131,15 +136,113 @@ func testEnv(t testing.TB, databaseURL string, kv ...string) func(string) (strin
 		"LOG_LEVEL":            "DEBUG",
 	}
 	for _, pair := range kv {
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok {
-			t.Fatalf("testEnv: %q is not KEY=VALUE", pair)
+		if k, v, ok := strings.Cut(pair, "="); ok {
+			m[k] = v
+		} else {
+			delete(m, k)
 		}
-		m[k] = v
 	}
+	return m
+}
+
+// testEnv is testVars as run and loadConfig look the environment up.
+func testEnv(t testing.TB, databaseURL string, kv ...string) func(string) (string, bool) {
+	t.Helper()
+	m := testVars(t, databaseURL, kv...)
 	return func(k string) (string, bool) {
 		v, ok := m[k]
 		return v, ok
+	}
+}
+
+// childEnv is testVars as the environment of a zenspa child process, which
+// also gets PATH and listens on loopback.
+func childEnv(t testing.TB, databaseURL string, kv ...string) []string {
+	t.Helper()
+	m := testVars(t, databaseURL, slices.Concat([]string{"PATH=" + os.Getenv("PATH"), "HOST=127.0.0.1"}, kv)...)
+	env := make([]string, 0, len(m))
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	slices.Sort(env)
+	return env
+}
+
+// child is a zenspa child process with its output.
+type child struct {
+	cmd            *exec.Cmd
+	stdout, stderr *syncBuffer
+	exited         chan struct{} // closed once the process is reaped
+	exitedAt       time.Time
+}
+
+// startChild starts bin with exactly env, in an empty directory so that no
+// developer's .env is read. Cleanup kills it by its PID if still running.
+func startChild(t testing.TB, bin string, env []string, args ...string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(bin, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	c.cmd.Dir = t.TempDir()
+	c.cmd.Env = env
+	c.cmd.Stdout, c.cmd.Stderr = c.stdout, c.stderr
+	mustf(t, c.cmd.Start(), "start %s", bin)
+	go func() {
+		_ = c.cmd.Wait()
+		c.exitedAt = time.Now()
+		close(c.exited)
+	}()
+	t.Cleanup(func() {
+		if c.running() {
+			_ = c.cmd.Process.Kill()
+		}
+		<-c.exited
+	})
+	return c
+}
+
+// running reports whether the process has not exited yet.
+func (c *child) running() bool {
+	select {
+	case <-c.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// output is what the process printed, stdout then stderr, for messages.
+func (c *child) output() string {
+	return c.stdout.String() + c.stderr.String()
+}
+
+// exitCode waits for the process to exit and returns its code, failing the
+// test if it still runs after limit.
+func (c *child) exitCode(t testing.TB, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-c.exited:
+		return c.cmd.ProcessState.ExitCode()
+	case <-time.After(limit):
+		t.Fatalf("zenspa %v still running after %s; output:\n%s", c.cmd.Args[1:], limit, c.output())
+		return -1
+	}
+}
+
+// waitServing polls target until it answers 200, failing the test if the
+// process exits first or 15 s pass.
+func (c *child) waitServing(t testing.TB, target string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if !c.running() {
+			t.Fatalf("zenspa exited with %v before serving; output:\n%s", c.cmd.ProcessState, c.output())
+		}
+		if r := getOnce(target); r.err == nil && r.status == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer 200 within 15 s; output:\n%s", target, c.output())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -357,6 +460,73 @@ func trickleHeader(conn net.Conn, prefix string, interval time.Duration, stop <-
 			}
 		}
 	}
+}
+
+// uuidV4 is the form of a request ID the server makes up.
+var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+// objectOf decodes body, which must be one JSON object.
+func objectOf(t testing.TB, what string, body []byte) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil || m == nil {
+		t.Fatalf("%s body = %q, want a JSON object (%v)", what, body, err)
+	}
+	return m
+}
+
+// wantKeys fails unless m has exactly the keys want.
+func wantKeys(t testing.TB, what string, m map[string]any, want ...string) {
+	t.Helper()
+	got, w := slices.Sorted(maps.Keys(m)), slices.Sorted(slices.Values(want))
+	if !slices.Equal(got, w) {
+		t.Errorf("%s keys = %v, want %v", what, got, w)
+	}
+}
+
+// wantTimestamp fails unless v is an RFC 3339 time in UTC, close to now.
+func wantTimestamp(t testing.TB, what string, v any) {
+	t.Helper()
+	s, _ := v.(string)
+	ts, err := time.Parse(time.RFC3339, s)
+	if err != nil || !strings.HasSuffix(s, "Z") {
+		t.Errorf("%s timestamp = %#v, want RFC 3339 in UTC ending in Z", what, v)
+		return
+	}
+	if d := time.Since(ts); d < -time.Minute || d > time.Minute {
+		t.Errorf("%s timestamp = %s, want about now", what, s)
+	}
+}
+
+// wantErrorEnvelope fails unless the answer is exactly the error envelope
+// with code, whose request_id is the X-Request-ID header. It returns the
+// decoded body.
+func wantErrorEnvelope(t testing.TB, what string, h http.Header, body []byte, code errorCode) map[string]any {
+	t.Helper()
+	if ct := h.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("%s Content-Type = %q, want application/json", what, ct)
+	}
+	m := objectOf(t, what, body)
+	wantKeys(t, what, m, "status", "error", "timestamp", "request_id")
+	if m["status"] != "error" {
+		t.Errorf("%s status = %#v, want error", what, m["status"])
+	}
+	e, ok := m["error"].(map[string]any)
+	if !ok {
+		t.Fatalf("%s error = %#v, want an object", what, m["error"])
+	}
+	wantKeys(t, what+" error", e, "code", "message", "details")
+	if e["code"] != string(code) {
+		t.Errorf("%s error.code = %#v, want %s", what, e["code"], code)
+	}
+	if msg, _ := e["message"].(string); msg == "" {
+		t.Errorf("%s error.message = %#v, want a message", what, e["message"])
+	}
+	wantTimestamp(t, what, m["timestamp"])
+	if id := h.Get(headerRequestID); id == "" || m["request_id"] != id {
+		t.Errorf("%s request_id = %#v, want the X-Request-ID header %q", what, m["request_id"], id)
+	}
+	return m
 }
 
 // discardLogger is for code under test whose log the test does not read.

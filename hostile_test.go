@@ -82,8 +82,8 @@ func TestHostileInput(t *testing.T) {
 	t.Parallel()
 	port := strconv.Itoa(freePort(t))
 	addr := net.JoinHostPort("127.0.0.1", port)
-	child := startFaultChild(t, processEnv(t, newTestDatabase(t), "HOST=127.0.0.1", "PORT="+port, "LOG_LEVEL=DEBUG"))
-	child.waitReady(t, "http://"+addr)
+	child := startChild(t, zenspaBinary(t), childEnv(t, newTestDatabase(t), "HOST=127.0.0.1", "PORT="+port, "LOG_LEVEL=DEBUG"))
+	child.waitServing(t, "http://"+addr+"/health/ready")
 
 	corpus := hostileCorpus()
 	if len(corpus) < 200 {
@@ -143,12 +143,12 @@ func TestHostileInput(t *testing.T) {
 	t.Logf("%d hostile cases in %v:%s", len(corpus), corpusTime.Round(time.Millisecond), dist.String())
 
 	if !child.running() {
-		t.Fatalf("zenspa exited during the hostile input; output:\n%s", child.out)
+		t.Fatalf("zenspa exited during the hostile input; output:\n%s", child.output())
 	}
 	if status := faultStatus("http://" + addr + "/health"); status != http.StatusOK {
 		t.Errorf("GET /health after the hostile input = %d, want 200", status)
 	}
-	out := child.out.String()
+	out := child.output()
 	if strings.Contains(strings.ToLower(out), "panic") {
 		t.Errorf("zenspa output mentions a panic:\n%s", out)
 	}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -26,9 +25,6 @@ import (
 // middleware, which never need PostgreSQL, use it instead of a database of
 // their own; a route that does reach for PostgreSQL answers 503 at once.
 const noDatabaseURL = "postgres://zenspa@127.0.0.1:1/unused?sslmode=disable"
-
-// uuidV4 is the form of a request ID the server makes up.
-var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
 // panicSecret is the panic value of the test handlers; it must never reach a
 // client.
@@ -886,76 +882,12 @@ func merged(a, b map[string]any) map[string]any {
 	return m
 }
 
-// objectOf decodes body, which must be one JSON object.
-func objectOf(t testing.TB, what string, body []byte) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(body, &m); err != nil || m == nil {
-		t.Fatalf("%s body = %q, want a JSON object (%v)", what, body, err)
-	}
-	return m
-}
-
-// wantKeys fails unless m has exactly the keys want.
-func wantKeys(t testing.TB, what string, m map[string]any, want ...string) {
-	t.Helper()
-	got, w := slices.Sorted(maps.Keys(m)), slices.Sorted(slices.Values(want))
-	if !slices.Equal(got, w) {
-		t.Errorf("%s keys = %v, want %v", what, got, w)
-	}
-}
-
-// wantTimestamp fails unless v is an RFC 3339 time in UTC, close to now.
-func wantTimestamp(t testing.TB, what string, v any) {
-	t.Helper()
-	s, _ := v.(string)
-	ts, err := time.Parse(time.RFC3339, s)
-	if err != nil || !strings.HasSuffix(s, "Z") {
-		t.Errorf("%s timestamp = %#v, want RFC 3339 in UTC ending in Z", what, v)
-		return
-	}
-	if d := time.Since(ts); d < -time.Minute || d > time.Minute {
-		t.Errorf("%s timestamp = %s, want about now", what, s)
-	}
-}
-
 // wantMilliseconds fails unless v is a JSON number of milliseconds.
 func wantMilliseconds(t testing.TB, what string, v any) {
 	t.Helper()
 	if ms, ok := v.(float64); !ok || ms < 0 || ms > 60_000 {
 		t.Errorf("%s = %#v, want a number of milliseconds", what, v)
 	}
-}
-
-// wantErrorEnvelope fails unless the answer is exactly the error envelope
-// with code, whose request_id is the X-Request-ID header. It returns the
-// decoded body.
-func wantErrorEnvelope(t testing.TB, what string, h http.Header, body []byte, code errorCode) map[string]any {
-	t.Helper()
-	if ct := h.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("%s Content-Type = %q, want application/json", what, ct)
-	}
-	m := objectOf(t, what, body)
-	wantKeys(t, what, m, "status", "error", "timestamp", "request_id")
-	if m["status"] != "error" {
-		t.Errorf("%s status = %#v, want error", what, m["status"])
-	}
-	e, ok := m["error"].(map[string]any)
-	if !ok {
-		t.Fatalf("%s error = %#v, want an object", what, m["error"])
-	}
-	wantKeys(t, what+" error", e, "code", "message", "details")
-	if e["code"] != string(code) {
-		t.Errorf("%s error.code = %#v, want %s", what, e["code"], code)
-	}
-	if msg, _ := e["message"].(string); msg == "" {
-		t.Errorf("%s error.message = %#v, want a message", what, e["message"])
-	}
-	wantTimestamp(t, what, m["timestamp"])
-	if id := h.Get(headerRequestID); id == "" || m["request_id"] != id {
-		t.Errorf("%s request_id = %#v, want the X-Request-ID header %q", what, m["request_id"], id)
-	}
-	return m
 }
 
 // jsonLogLines decodes a JSON log (ENVIRONMENT=production), one record per

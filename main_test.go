@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -208,7 +206,7 @@ func TestProcessBinary(t *testing.T) {
 
 	t.Run("version needs no configuration", func(t *testing.T) {
 		t.Parallel()
-		c := startProcChild(t, bin, []string{"PATH=" + os.Getenv("PATH")}, "version")
+		c := startChild(t, bin, []string{"PATH=" + os.Getenv("PATH")}, "version")
 		if code := c.exitCode(t, 5*time.Second); code != 0 {
 			t.Fatalf("zenspa version with no environment exited %d, want 0; stderr %q", code, c.stderr)
 		}
@@ -242,7 +240,7 @@ func TestProcessBinary(t *testing.T) {
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
-				c := startProcChild(t, bin, procEnv(t, slices.Concat([]string{"REDIS_PASSWORD=" + procSentinelRedisPassword}, tc.kv)...), "serve")
+				c := startChild(t, bin, childEnv(t, "", slices.Concat([]string{"REDIS_PASSWORD=" + procSentinelRedisPassword}, tc.kv)...), "serve")
 				if code := c.exitCode(t, 5*time.Second); code != 2 {
 					t.Fatalf("zenspa serve with %v exited %d, want 2; stderr %q", tc.kv, code, c.stderr)
 				}
@@ -260,7 +258,7 @@ func TestProcessBinary(t *testing.T) {
 	t.Run("PostgreSQL unreachable exits 1", func(t *testing.T) {
 		t.Parallel()
 		deadPort := freePort(t)
-		c := startProcChild(t, bin, procEnv(t, "DATABASE_URL="+sentinelURL(deadPort), "DB_CONNECT_ATTEMPTS=2",
+		c := startChild(t, bin, childEnv(t, sentinelURL(deadPort), "DB_CONNECT_ATTEMPTS=2",
 			"DB_CONNECT_BACKOFF=100ms", "REDIS_PASSWORD="+procSentinelRedisPassword, "LOG_LEVEL=DEBUG"), "serve")
 		if code := c.exitCode(t, 15*time.Second); code != 1 {
 			t.Fatalf("zenspa serve with PostgreSQL down exited %d, want 1; stderr %q", code, c.stderr)
@@ -282,7 +280,7 @@ func TestProcessBinary(t *testing.T) {
 		for _, args := range [][]string{{"frobnicate"}, {"--port=9000"}, {"-v"}, {"serve", "--verbose"}} {
 			t.Run(strings.Join(args, " "), func(t *testing.T) {
 				t.Parallel()
-				c := startProcChild(t, bin, procEnv(t, "DATABASE_URL="+sentinelURL(5432), "REDIS_PASSWORD="+procSentinelRedisPassword), args...)
+				c := startChild(t, bin, childEnv(t, sentinelURL(5432), "REDIS_PASSWORD="+procSentinelRedisPassword), args...)
 				if code := c.exitCode(t, 5*time.Second); code != 2 {
 					t.Fatalf("zenspa %v exited %d, want 2", args, code)
 				}
@@ -305,7 +303,7 @@ func TestProcessBinary(t *testing.T) {
 		defer ln.Close()
 		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 		dbURL := newTestDatabase(t)
-		c := startProcChild(t, bin, procEnv(t, "DATABASE_URL="+dbURL, "PORT="+port, "REDIS_PASSWORD="+procSentinelRedisPassword), "serve")
+		c := startChild(t, bin, childEnv(t, dbURL, "PORT="+port, "REDIS_PASSWORD="+procSentinelRedisPassword), "serve")
 		if code := c.exitCode(t, 10*time.Second); code != 1 {
 			t.Fatalf("zenspa serve on a taken port exited %d, want 1; stderr %q", code, c.stderr)
 		}
@@ -323,12 +321,12 @@ func TestProcessBinary(t *testing.T) {
 	// A request in flight during SIGTERM: GET /health/redis against a Redis
 	// that accepts and never answers takes about a second (Redis's 1 s read
 	// bound), and SIGTERM arrives 300 ms into it.
-	inflight := func(t *testing.T, shutdownTimeout string) (*procChild, inflightResult, time.Time) {
+	inflight := func(t *testing.T, shutdownTimeout string) (*child, inflightResult, time.Time) {
 		t.Helper()
 		requireRedis(t)
 		host, port, _ := net.SplitHostPort(silentListener(t))
 		httpPort := strconv.Itoa(freePort(t))
-		c := startProcChild(t, bin, procEnv(t, "DATABASE_URL="+newTestDatabase(t), "PORT="+httpPort,
+		c := startChild(t, bin, childEnv(t, newTestDatabase(t), "PORT="+httpPort,
 			"REDIS_HOST="+host, "REDIS_PORT="+port, "HEALTH_CHECK_TIMEOUT=1.5s", "HEALTH_CACHE_TTL=0",
 			"SHUTDOWN_TIMEOUT="+shutdownTimeout), "serve")
 		base := "http://127.0.0.1:" + httpPort
@@ -391,7 +389,7 @@ func TestProcessBinary(t *testing.T) {
 		t.Parallel()
 		requireRedis(t)
 		httpPort := strconv.Itoa(freePort(t))
-		c := startProcChild(t, bin, procEnv(t, "DATABASE_URL="+newTestDatabase(t), "PORT="+httpPort,
+		c := startChild(t, bin, childEnv(t, newTestDatabase(t), "PORT="+httpPort,
 			"SHUTDOWN_DRAIN_DELAY=1s"), "serve")
 		base := "http://127.0.0.1:" + httpPort
 		c.waitServing(t, base+"/health/ready")
@@ -493,109 +491,8 @@ func (p *procRun) wait(t *testing.T, limit time.Duration) error {
 	}
 }
 
-// procEnv is the environment of a zenspa child: PATH and a working
-// configuration against the test services (with an empty ENV_FILE and
-// DB_CONNECT_ATTEMPTS=1), overridden by the KEY=VALUE pairs in kv; a bare KEY
-// removes that variable.
-func procEnv(t *testing.T, kv ...string) []string {
-	t.Helper()
-	envFile := filepath.Join(t.TempDir(), "empty.env")
-	mustf(t, os.WriteFile(envFile, nil, 0o600), "write %s", envFile)
-	host, port, _ := net.SplitHostPort(testRedisAddr)
-	m := map[string]string{
-		"PATH":                 os.Getenv("PATH"),
-		"ENV_FILE":             envFile,
-		"HOST":                 "127.0.0.1",
-		"REDIS_HOST":           host,
-		"REDIS_PORT":           port,
-		"DB_CONNECT_ATTEMPTS":  "1",
-		"DB_CONNECT_TIMEOUT":   "2s",
-		"HEALTH_CHECK_TIMEOUT": "1s",
-		"LOG_LEVEL":            "DEBUG",
-	}
-	for _, pair := range kv {
-		if k, v, ok := strings.Cut(pair, "="); ok {
-			m[k] = v
-		} else {
-			delete(m, k)
-		}
-	}
-	env := make([]string, 0, len(m))
-	for k, v := range m {
-		env = append(env, k+"="+v)
-	}
-	slices.Sort(env)
-	return env
-}
-
-// procChild is a zenspa child process with its output.
-type procChild struct {
-	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
-	exited         chan struct{} // closed once the process is reaped
-	exitedAt       time.Time
-}
-
-// startProcChild starts bin with exactly env, in an empty directory so that
-// no developer's .env is read. Cleanup kills it by its PID if still running.
-func startProcChild(t *testing.T, bin string, env []string, args ...string) *procChild {
-	t.Helper()
-	c := &procChild{cmd: exec.Command(bin, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
-	c.cmd.Dir = t.TempDir()
-	c.cmd.Env = env
-	c.cmd.Stdout, c.cmd.Stderr = c.stdout, c.stderr
-	mustf(t, c.cmd.Start(), "start %s", bin)
-	go func() {
-		_ = c.cmd.Wait()
-		c.exitedAt = time.Now()
-		close(c.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-c.exited:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.exited
-		}
-	})
-	return c
-}
-
-// exitCode waits up to limit for the child to exit and returns its status.
-func (c *procChild) exitCode(t *testing.T, limit time.Duration) int {
-	t.Helper()
-	select {
-	case <-c.exited:
-		return c.cmd.ProcessState.ExitCode()
-	case <-time.After(limit):
-		t.Fatalf("zenspa %v still running after %s; stdout:\n%s\nstderr:\n%s", c.cmd.Args[1:], limit, c.stdout, c.stderr)
-		return -1
-	}
-}
-
-// waitServing polls target until it answers 200, 15 s at most, and fails at
-// once if the child exits.
-func (c *procChild) waitServing(t *testing.T, target string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-c.exited:
-			t.Fatalf("zenspa exited with %v before serving; stdout:\n%s\nstderr:\n%s", c.cmd.ProcessState, c.stdout, c.stderr)
-		default:
-		}
-		if r := getOnce(target); r.err == nil && r.status == http.StatusOK {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer 200 within 15 s; stdout:\n%s", target, c.stdout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // wantNoSecret fails if the sentinel passwords show in the child's output.
-func (c *procChild) wantNoSecret(t *testing.T) {
+func (c *child) wantNoSecret(t *testing.T) {
 	t.Helper()
 	for name, out := range map[string]string{"stdout": c.stdout.String(), "stderr": c.stderr.String()} {
 		for _, secret := range []string{procSentinelDBPassword, procSentinelRedisPassword} {
