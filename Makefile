@@ -75,12 +75,13 @@ fuzz:
 	done
 
 ## bench: the load benchmark in BENCHMARKS.md, not part of `make test`: wrk
-## against a `make build` binary and a bare net/http baseline, about seven
-## minutes. BENCH_ARGS go to bench/run, for example BENCH_ARGS='-rounds 1'.
+## against a `make build` binary and the net/http baselines of bench/ (a Go
+## module of its own), about seven minutes. BENCH_ARGS go to bench/run, for
+## example BENCH_ARGS='-rounds 1'.
 BENCH_ARGS ?=
 bench:
 	@bash scripts/services.sh --bench
-	@bash scripts/bench.sh $(BENCH_ARGS)
+	@bash bench/bench.sh $(BENCH_ARGS)
 
 clean:
 	rm -f $(BINARY)

@@ -155,7 +155,7 @@ ensure_tools() {
 	fi
 }
 
-# ensure_bench_tools installs wrk, which scripts/bench.sh drives.
+# ensure_bench_tools installs wrk, which bench/bench.sh drives.
 ensure_bench_tools() {
 	command -v wrk >/dev/null 2>&1 || apt_install wrk
 }

@@ -1,0 +1,3 @@
+module github.com/zenspa/zenspa/bench
+
+go 1.24
