@@ -2,9 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"reflect"
+	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -19,10 +25,13 @@ const redisTimeout = time.Second
 // rate-limited warning, and nothing fails the request. The pool dials again
 // on demand, so the cache works again as soon as Redis is back.
 type cache struct {
-	pool *redis.Pool
-	log  *slog.Logger
-	addr string
-	warn every
+	pool    *redis.Pool
+	log     *slog.Logger
+	addr    string
+	warn    every
+	ttl     time.Duration // CACHE_TTL: how long readThrough keeps a value; 0: it keeps none
+	timeout time.Duration // REQUEST_TIMEOUT: bounds a shared load, and so sizes a tombstone
+	flights flights
 }
 
 // newCache builds the pool; it does not connect.
@@ -37,7 +46,7 @@ func newCache(cfg config, log *slog.Logger) *cache {
 	if cfg.RedisPassword != "" {
 		opts = append(opts, redis.DialPassword(cfg.RedisPassword))
 	}
-	c := &cache{log: log, addr: addr, warn: every{interval: 5 * time.Second}}
+	c := &cache{log: log, addr: addr, warn: every{interval: 5 * time.Second}, ttl: cfg.CacheTTL, timeout: cfg.RequestTimeout}
 	c.pool = &redis.Pool{
 		MaxIdle:     cfg.RedisPoolSize,
 		MaxActive:   cfg.RedisPoolSize,
@@ -135,3 +144,139 @@ func (c *cache) ping(ctx context.Context) error {
 
 // close closes the pool.
 func (c *cache) close() error { return c.pool.Close() }
+
+// Cache-aside, for reads that may be a little stale but never wrong after a
+// write: readThrough fills the cache from the database, and every write
+// calls invalidate once it has committed. A reader that loaded the old row
+// just before the write could otherwise store it just after the write's
+// invalidation. So invalidate leaves a tombstone that lives longer than any
+// load may take (twice REQUEST_TIMEOUT), and readThrough only fills a key
+// that holds nothing (SET NX). While Redis is down every read goes to the
+// database; what Redis held when it went away is at most CACHE_TTL old.
+
+// tombstone is what invalidate stores in place of a value.
+const tombstone = "invalidated"
+
+// cacheEntry is a cached value with the fingerprint of its type's shape: an
+// entry written by a build whose type differs (a rolling upgrade) is a miss.
+type cacheEntry[T any] struct {
+	Shape string `json:"shape"`
+	Value T      `json:"value"`
+}
+
+// readThrough returns the value cached under key, or else load's, which it
+// then caches for CACHE_TTL. Concurrent misses of a key on this instance
+// share one load, which ends at REQUEST_TIMEOUT whoever waits for it.
+func readThrough[T any](ctx context.Context, c *cache, key string, load func(context.Context) (T, error)) (T, error) {
+	if c.ttl <= 0 {
+		return load(ctx)
+	}
+	shape := shapeOf(reflect.TypeFor[T]())
+	var entry cacheEntry[T]
+	if c.get(ctx, key, &entry) && entry.Shape == shape {
+		return entry.Value, nil
+	}
+	v, err := c.flights.do(ctx, key, c.timeout, func(ctx context.Context) (any, error) {
+		v, err := load(ctx)
+		if err == nil {
+			c.fill(ctx, key, cacheEntry[T]{Shape: shape, Value: v})
+		}
+		return v, err
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v.(T), nil
+}
+
+// fill stores v under key for CACHE_TTL unless the key holds anything, a
+// tombstone above all.
+func (c *cache) fill(ctx context.Context, key string, v any) {
+	b, err := json.Marshal(v)
+	if err == nil {
+		_, err = c.do(ctx, "SET", key, b, "NX", "PX", max(c.ttl.Milliseconds(), 1))
+	}
+	if err != nil {
+		c.warnf(ctx, "cache fill failed", key, err)
+	}
+}
+
+// invalidate replaces what key holds with a tombstone: no reader fills it
+// with what it loaded before the write.
+func (c *cache) invalidate(ctx context.Context, key string) {
+	if _, err := c.do(ctx, "SET", key, tombstone, "PX", (2 * c.timeout).Milliseconds()); err != nil {
+		c.warnf(ctx, "cache invalidate failed", key, err)
+	}
+}
+
+// shapeOf fingerprints t: its name and, for a struct that does not encode
+// itself, its fields' names, tags and shapes.
+func shapeOf(t reflect.Type) string {
+	h := sha256.New()
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		fmt.Fprintf(h, "%s{", t)
+		if t.Kind() == reflect.Struct && !t.Implements(reflect.TypeFor[json.Marshaler]()) {
+			for i := range t.NumField() {
+				f := t.Field(i)
+				fmt.Fprintf(h, "%s %q ", f.Name, f.Tag)
+				walk(f.Type)
+			}
+		}
+		fmt.Fprint(h, "}")
+	}
+	walk(t)
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// flights shares one call among the concurrent callers of a key, as the
+// health checks share one probe.
+type flights struct {
+	mu    sync.Mutex
+	calls map[string]*flight
+}
+
+// flight is a call in progress; done closes once value and err are set.
+type flight struct {
+	done  chan struct{}
+	value any
+	err   error
+}
+
+// do returns fn's result, joining the call in flight for key or starting
+// one. The call runs with a context of its own, bounded by timeout, so that
+// it does not end with the caller that happened to start it; a caller whose
+// ctx ends stops waiting.
+func (f *flights) do(ctx context.Context, key string, timeout time.Duration, fn func(context.Context) (any, error)) (any, error) {
+	f.mu.Lock()
+	call := f.calls[key]
+	if call == nil {
+		call = &flight{done: make(chan struct{})}
+		if f.calls == nil {
+			f.calls = map[string]*flight{}
+		}
+		f.calls[key] = call
+		go func() {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+			defer func() {
+				if v := recover(); v != nil { // no handler's recoverPanics runs here
+					call.err = fmt.Errorf("panic in a shared load: %v\n\n%s", v, debug.Stack())
+				}
+				cancel()
+				f.mu.Lock()
+				delete(f.calls, key)
+				f.mu.Unlock()
+				close(call.done)
+			}()
+			call.value, call.err = fn(fctx)
+		}()
+	}
+	f.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.value, call.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

@@ -37,7 +37,9 @@ type config struct {
 	RedisDB               int
 	RedisPassword         string
 	RedisPoolSize         int
-	RedisDecodeResponses  bool // accepted for compatibility; has no effect
+	RedisDecodeResponses  bool          // accepted for compatibility; has no effect
+	RequestTimeout        time.Duration // bounds an API request's database and cache work
+	CacheTTL              time.Duration // how long a cached read lives in Redis; 0: no caching
 	HealthCheckTimeout    time.Duration
 	HealthCacheTTL        time.Duration
 	ShutdownDrainDelay    time.Duration
@@ -91,6 +93,8 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		RedisPassword:        p.secret("REDIS_PASSWORD"),
 		RedisPoolSize:        p.integer("REDIS_POOL_SIZE", 10, 1, 10000),
 		RedisDecodeResponses: p.boolean("REDIS_DECODE_RESPONSES", true),
+		RequestTimeout:       p.duration("REQUEST_TIMEOUT", 10*time.Second, false),
+		CacheTTL:             p.duration("CACHE_TTL", time.Minute, true),
 		HealthCheckTimeout:   p.duration("HEALTH_CHECK_TIMEOUT", 2*time.Second, false),
 		HealthCacheTTL:       p.duration("HEALTH_CACHE_TTL", time.Second, true),
 		ShutdownDrainDelay:   p.duration("SHUTDOWN_DRAIN_DELAY", 0, true),
@@ -462,6 +466,8 @@ func (c config) LogValue() slog.Value {
 		slog.String("redis", c.redisAddr()),
 		slog.Int("redis_db", c.RedisDB),
 		slog.String("redis_password", redisPassword),
+		slog.Duration("request_timeout", c.RequestTimeout),
+		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Duration("health_check_timeout", c.HealthCheckTimeout),
 		slog.Duration("health_cache_ttl", c.HealthCacheTTL),
 		slog.Bool("docs_enabled", c.DocsEnabled),

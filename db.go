@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -280,44 +282,216 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
-// withConn runs fn on a pooled connection, waiting at most DB_POOL_TIMEOUT for
-// one: a request never hangs on an exhausted pool. Errors come back
-// translated for writeError.
+// withConn runs fn on a pooled connection, waiting at most DB_POOL_TIMEOUT
+// for one: a request never hangs on an exhausted pool. It returns when ctx
+// ends even if the driver does not (see bounded). A connection that died
+// while idle (PostgreSQL restarted) fails fn with driver.ErrBadConn before
+// anything is sent (deadlineConn.Write sees to it): it is dropped, and fn
+// runs again on another, so a restart fails no request. Writes belong in
+// withTx, which never runs one twice. Errors come back translated for
+// writeError.
 func (d *database) withConn(ctx context.Context, fn func(*sql.Conn) error) error {
-	wctx, cancel := context.WithTimeout(ctx, d.poolTimeout)
-	conn, err := d.pool.Conn(wctx)
-	cancel()
-	if err != nil {
-		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			return &apiError{Code: codeDatabase, Message: "The database is busy, try again later", Cause: fmt.Errorf("no pooled connection within %s: %w", d.poolTimeout, err)}
+	for attempt := 0; ; attempt++ {
+		conn, err := d.conn(ctx)
+		if err != nil {
+			return err
 		}
-		return translateDBError(err)
+		err = d.bounded(ctx, func() error {
+			defer conn.Close()
+			return fn(conn)
+		})
+		// Every idle connection may be dead: one more try than the pool holds.
+		if !errors.Is(err, driver.ErrBadConn) || attempt > d.pool.Stats().MaxOpenConnections {
+			return translateDBError(err)
+		}
 	}
-	defer conn.Close()
-	return translateDBError(fn(conn))
+}
+
+// conn takes a pooled connection, waiting at most DB_POOL_TIMEOUT.
+func (d *database) conn(ctx context.Context) (*sql.Conn, error) {
+	wctx, cancel := context.WithTimeout(ctx, d.poolTimeout)
+	defer cancel()
+	conn, err := d.pool.Conn(wctx)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil, &apiError{Code: codeDatabase, Message: "The database is busy, try again later", Cause: fmt.Errorf("no pooled connection within %s: %w", d.poolTimeout, err)}
+	}
+	return conn, translateDBError(err)
+}
+
+// bounded runs fn and returns its error, or ctx's as soon as ctx ends. lib/pq
+// does not interrupt a read blocked on a silent server when a context ends:
+// fn then goes on in the background until the connection's read deadline
+// (dbIOTimeout) frees it. Each such fn holds a pooled connection, so
+// abandoned work never outgrows the pool. A panic in fn goes on in the
+// caller, or is logged if the caller is gone.
+func (d *database) bounded(ctx context.Context, fn func() error) error {
+	type result struct {
+		err   error
+		panic any
+	}
+	done, gone := make(chan result), make(chan struct{})
+	go func() {
+		var res result
+		defer func() {
+			if v := recover(); v != nil {
+				res.panic = fmt.Sprintf("%v\n\n%s", v, debug.Stack())
+			}
+			select {
+			case done <- res:
+			case <-gone:
+				if res.panic != nil {
+					d.log.Error("panic in abandoned database work", "panic", res.panic)
+				}
+			}
+		}()
+		res.err = fn()
+	}()
+	select {
+	case res := <-done:
+		if res.panic != nil {
+			panic(res.panic)
+		}
+		return res.err
+	case <-ctx.Done():
+		close(gone)
+		return ctx.Err()
+	}
+}
+
+// Retrying a transaction that PostgreSQL gave up on: at most txAttempts
+// runs, the waits between them jittered around txBackoff, doubling.
+const (
+	txAttempts = 4
+	txBackoff  = 10 * time.Millisecond
+)
+
+// withTx runs fn in a transaction and commits when fn returns nil. An error
+// or a panic in fn rolls back (the panic goes on after). When PostgreSQL
+// aborts the transaction for a serialization failure or a deadlock
+// (SQLSTATE 40001, 40P01), none of it happened, so the whole of fn runs
+// again, a bounded number of times: fn must do nothing but database work
+// that can be repeated. Any other failure, a connection lost at COMMIT above
+// all, is never retried: a write is never applied twice.
+func (d *database) withTx(ctx context.Context, fn func(tx statements) error) error {
+	wait := txBackoff
+	for attempt := 1; ; attempt++ {
+		err := d.withConn(ctx, func(conn *sql.Conn) error { return d.runTx(ctx, conn, fn) })
+		if !retryable(err) || attempt == txAttempts {
+			return err
+		}
+		d.log.DebugContext(ctx, "transaction retried", "attempt", attempt, "error", err)
+		if err := sleep(ctx, wait/2+rand.N(wait)); err != nil {
+			return translateDBError(err)
+		}
+		wait *= 2
+	}
+}
+
+// errConnLost is a connection that broke after BEGIN: whether COMMIT took
+// effect is unknown, so the transaction must not run again.
+var errConnLost = errors.New("the connection broke during a transaction")
+
+// runTx is one run of withTx's transaction on conn.
+func (d *database) runTx(ctx context.Context, conn *sql.Conn, fn func(tx statements) error) (err error) {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err // driver.ErrBadConn here: withConn tries another connection
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			tx.Rollback()
+			panic(v)
+		}
+		if err != nil {
+			tx.Rollback()
+		}
+		if errors.Is(err, driver.ErrBadConn) {
+			err = fmt.Errorf("%w: %w", errConnLost, err)
+		}
+	}()
+	if err := fn(statements{q: tx, d: d}); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// retryable reports whether err is PostgreSQL giving up on a transaction
+// that may succeed when run again.
+func retryable(err error) bool {
+	pqErr := pq.As(err)
+	return pqErr != nil && (pqErr.Code == "40001" || pqErr.Code == "40P01")
+}
+
+// queryer is what statements run on: a pooled connection or a transaction.
+type queryer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// statements runs SQL on a connection or in a transaction, logging each
+// statement when DB_ECHO is on. Errors come back untranslated: withConn and
+// withTx translate them once.
+type statements struct {
+	q queryer
+	d *database
 }
 
 // exec runs a statement that returns no rows.
+func (s statements) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	start := time.Now()
+	res, err := s.q.ExecContext(ctx, query, args...)
+	s.d.logStatement(ctx, query, start, err)
+	return res, err
+}
+
+// queryRow scans the one row query returns into dest; no row is
+// sql.ErrNoRows, which translates to NOT_FOUND.
+func (s statements) queryRow(ctx context.Context, query string, args []any, dest ...any) error {
+	start := time.Now()
+	err := s.q.QueryRowContext(ctx, query, args...).Scan(dest...)
+	s.d.logStatement(ctx, query, start, err)
+	return err
+}
+
+// query calls each for every row query returns.
+func (s statements) query(ctx context.Context, query string, args []any, each func(*sql.Rows) error) error {
+	start := time.Now()
+	rows, err := s.q.QueryContext(ctx, query, args...)
+	if err == nil {
+		for rows.Next() && err == nil {
+			err = each(rows)
+		}
+		err = errors.Join(err, rows.Close(), rows.Err())
+	}
+	s.d.logStatement(ctx, query, start, err)
+	return err
+}
+
+// exec runs a statement that returns no rows, in a transaction of its own:
+// like every write, it is never applied twice.
 func (d *database) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	var res sql.Result
-	err := d.withConn(ctx, func(c *sql.Conn) error {
-		start := time.Now()
+	err := d.withTx(ctx, func(tx statements) error {
 		var err error
-		res, err = c.ExecContext(ctx, query, args...)
-		d.logStatement(ctx, query, start, err)
+		res, err = tx.exec(ctx, query, args...)
 		return err
 	})
 	return res, err
 }
 
-// queryRow runs a query expected to return one row and scans it into dest; no
-// row is NOT_FOUND.
+// queryRow runs a read expected to return one row on a pooled connection
+// and scans it into dest; no row is NOT_FOUND. A write goes in withTx.
 func (d *database) queryRow(ctx context.Context, query string, args []any, dest ...any) error {
 	return d.withConn(ctx, func(c *sql.Conn) error {
-		start := time.Now()
-		err := c.QueryRowContext(ctx, query, args...).Scan(dest...)
-		d.logStatement(ctx, query, start, err)
-		return err
+		return statements{q: c, d: d}.queryRow(ctx, query, args, dest...)
+	})
+}
+
+// query calls each for every row a read returns, on a pooled connection.
+func (d *database) query(ctx context.Context, query string, args []any, each func(*sql.Rows) error) error {
+	return d.withConn(ctx, func(c *sql.Conn) error {
+		return statements{q: c, d: d}.query(ctx, query, args, each)
 	})
 }
 
@@ -335,7 +509,10 @@ func (d *database) logStatement(ctx context.Context, query string, start time.Ti
 }
 
 // translateDBError turns driver errors into client-safe *apiErrors at this
-// boundary; the driver's own message is kept only as the logged cause.
+// boundary: what the client did wrong is a 4xx naming the field, an outage
+// is a 503, and anything else stays an error that writeError answers with a
+// 500. The driver's own message, with its SQL, constraint names and values,
+// is only ever the logged cause.
 func translateDBError(err error) error {
 	var ae *apiError
 	switch {
@@ -345,14 +522,20 @@ func translateDBError(err error) error {
 		return &apiError{Code: codeNotFound, Message: "Resource not found"}
 	}
 	if pqErr := pq.As(err); pqErr != nil {
-		code := string(pqErr.Code)
-		switch {
-		case code == "23505":
-			return &apiError{Code: codeValidation, Message: "A record with these values already exists", Cause: err}
-		case code == "23503":
-			return &apiError{Code: codeValidation, Message: "A referenced record does not exist", Cause: err}
-		case strings.HasPrefix(code, "23"), strings.HasPrefix(code, "22"):
-			return &apiError{Code: codeValidation, Message: "Invalid input data", Cause: err}
+		invalid := func(message string) error {
+			return &apiError{Code: codeValidation, Message: "The request is not valid", Cause: err,
+				Details: []problem{{Field: fieldOf(pqErr), Message: message}}}
+		}
+		switch code := string(pqErr.Code); {
+		case code == "23505": // unique_violation
+			return &apiError{Code: codeConflict, Message: "A record with this value already exists", Cause: err,
+				Details: []problem{{Field: fieldOf(pqErr), Message: "is already taken"}}}
+		case code == "23503": // foreign_key_violation
+			return invalid("refers to a record that does not exist")
+		case code == "23502": // not_null_violation
+			return invalid("is required")
+		case strings.HasPrefix(code, "23"), strings.HasPrefix(code, "22"): // check, data exception
+			return invalid("holds a value that is not allowed")
 		case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "53"), strings.HasPrefix(code, "57"),
 			strings.HasPrefix(code, "40"):
 			return &apiError{Code: codeDatabase, Message: "The database is unavailable, try again later", Cause: err}
@@ -362,13 +545,31 @@ func translateDBError(err error) error {
 	var ne net.Error
 	// "sql: database is closed" has no sentinel: it is what a request cut by
 	// SHUTDOWN_TIMEOUT meets once the pools close under it.
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, errConnLost) ||
 		errors.Is(err, sql.ErrConnDone) || err.Error() == "sql: database is closed" ||
 		errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.As(err, &ne) {
 		return &apiError{Code: codeDatabase, Message: "The database is unavailable, try again later", Cause: err}
 	}
 	return err
+}
+
+// fieldOf names the field a constraint violation is about: the column, or
+// the COLUMN of a constraint named TABLE_COLUMN_KIND (key, check, fkey), as
+// migrations name theirs. Columns are named like the JSON fields. It is ""
+// (the body as a whole) when neither says.
+func fieldOf(e *pq.Error) string {
+	if e.Column != "" {
+		return e.Column
+	}
+	name, ok := strings.CutPrefix(e.Constraint, e.Table+"_")
+	if !ok || e.Table == "" {
+		return ""
+	}
+	if i := strings.LastIndexByte(name, '_'); i > 0 {
+		return name[:i]
+	}
+	return ""
 }
 
 // close closes both pools.

@@ -482,7 +482,8 @@ func TestDatabaseTranslateDBError(t *testing.T) {
 	s, _ := newTestServer(t, testConfig(t, newTestDatabase(t)))
 	dead, _ := newTestServer(t, testConfig(t, sentinelDatabaseURL(deadAddr(t), "pw")))
 	ctx := context.Background()
-	_, err := s.db.exec(ctx, "CREATE TABLE clients (email text UNIQUE NOT NULL)")
+	_, err := s.db.exec(ctx, `CREATE TABLE clients (email text UNIQUE NOT NULL,
+		age int CONSTRAINT clients_age_check CHECK (age >= 0), born date)`)
 	mustf(t, err, "create table")
 	_, err = s.db.exec(ctx, "INSERT INTO clients (email) VALUES ($1)", "a@example.com")
 	mustf(t, err, "first insert")
@@ -498,7 +499,23 @@ func TestDatabaseTranslateDBError(t *testing.T) {
 		{"unique violation", func() error {
 			_, err := s.db.exec(ctx, "INSERT INTO clients (email) VALUES ($1)", "a@example.com")
 			return err
-		}, codeValidation, http.StatusUnprocessableEntity, "already exists", "duplicate"},
+		}, codeConflict, http.StatusConflict, `"field":"email","message":"is already taken"`, "duplicate"},
+		{"check violation", func() error {
+			_, err := s.db.exec(ctx, "INSERT INTO clients (email, age) VALUES ($1, -1)", "b@example.com")
+			return err
+		}, codeValidation, http.StatusUnprocessableEntity, `"field":"age"`, "clients_age_check"},
+		{"not-null violation", func() error {
+			_, err := s.db.exec(ctx, "INSERT INTO clients (age) VALUES (1)")
+			return err
+		}, codeValidation, http.StatusUnprocessableEntity, `"field":"email","message":"is required"`, "null value"},
+		{"invalid text", func() error {
+			_, err := s.db.exec(ctx, "INSERT INTO clients (email, born) VALUES ($1, $2)", "c@example.com", "yesterday-ish")
+			return err
+		}, codeValidation, http.StatusUnprocessableEntity, "not allowed", "yesterday-ish"},
+		{"NUL character", func() error {
+			_, err := s.db.exec(ctx, "INSERT INTO clients (email) VALUES ($1)", "d\x00@example.com")
+			return err
+		}, codeValidation, http.StatusUnprocessableEntity, "not allowed", "0x00"},
 		{"no rows", func() error {
 			var email string
 			return s.db.queryRow(ctx, "SELECT email FROM clients WHERE email = $1", []any{"nobody@example.com"}, &email)

@@ -19,7 +19,10 @@ const (
 	codeMethodNotAllowed   errorCode = "METHOD_NOT_ALLOWED"
 	codeUnauthorized       errorCode = "UNAUTHORIZED"
 	codeForbidden          errorCode = "FORBIDDEN"
+	codeConflict           errorCode = "CONFLICT"
+	codePreconditionFailed errorCode = "PRECONDITION_FAILED"
 	codePayloadTooLarge    errorCode = "PAYLOAD_TOO_LARGE"
+	codeUnsupportedMedia   errorCode = "UNSUPPORTED_MEDIA_TYPE"
 	codeDatabase           errorCode = "DATABASE_ERROR"
 	codeCache              errorCode = "CACHE_ERROR"
 	codeServiceUnavailable errorCode = "SERVICE_UNAVAILABLE"
@@ -33,7 +36,10 @@ var statusOf = map[errorCode]int{
 	codeMethodNotAllowed:   http.StatusMethodNotAllowed,
 	codeUnauthorized:       http.StatusUnauthorized,
 	codeForbidden:          http.StatusForbidden,
+	codeConflict:           http.StatusConflict,
+	codePreconditionFailed: http.StatusPreconditionFailed,
 	codePayloadTooLarge:    http.StatusRequestEntityTooLarge,
+	codeUnsupportedMedia:   http.StatusUnsupportedMediaType,
 	codeDatabase:           http.StatusServiceUnavailable,
 	codeCache:              http.StatusServiceUnavailable,
 	codeServiceUnavailable: http.StatusServiceUnavailable,
@@ -111,11 +117,20 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	})
 }
 
-// successEnvelope is the body later modules answer with.
+// successEnvelope is the body of every successful API answer; a list's
+// answer adds its pagination.
 type successEnvelope struct {
-	Status  string `json:"status"`
-	Data    any    `json:"data"`
-	Message string `json:"message,omitempty"`
+	Status     string      `json:"status"`
+	Data       any         `json:"data"`
+	Message    string      `json:"message,omitempty"`
+	Pagination *pagination `json:"pagination,omitempty"`
+}
+
+// pagination says how large a page was asked for and where the next one
+// starts: pass next_cursor back as ?cursor=, until it is null.
+type pagination struct {
+	Limit      int     `json:"limit"`
+	NextCursor *string `json:"next_cursor"`
 }
 
 // writeSuccess sends data in the success envelope.

@@ -290,9 +290,9 @@ func FuzzValidRequestID(f *testing.F) {
 		if got, want := validRequestID(s), requestIDPattern.MatchString(s); got != want {
 			t.Errorf("validRequestID(%q) = %v, want %v", s, got, want)
 		}
-		id := newRequestID()
+		id := newUUID()
 		if len(id) != 36 || !uuidV4.MatchString(id) || !validRequestID(id) {
-			t.Errorf("newRequestID() = %q, want a valid 36-character UUID v4", id)
+			t.Errorf("newUUID() = %q, want a valid 36-character UUID v4", id)
 		}
 	})
 }

@@ -687,8 +687,8 @@ func TestMigrateEmbeddedInit(t *testing.T) {
 	mustf(t, err, "drop trigger_check")
 
 	out.Reset()
-	mustf(t, m.down(ctx, 1), "down")
-	wantContains(t, "down", out.String(), "rolled back 0001_init (")
+	mustf(t, m.down(ctx, len(appliedVersions(t, db))), "down")
+	wantContains(t, "down", out.String(), "rolled back 0002_treatments (", "rolled back 0001_init (")
 	if relationExists(t, db, "set_updated_at()") {
 		t.Errorf("after down, set_updated_at() still exists")
 	}
@@ -832,16 +832,17 @@ func TestMigrateCommandLine(t *testing.T) {
 
 	out, err := runMigrateCLI("status")
 	mustf(t, err, "migrate status")
-	wantLines(t, "migrate status", out, `^VERSION  NAME  APPLIED AT  DURATION$`, `^0001     init  pending$`, `^0 applied, 1 pending$`)
+	wantLines(t, "migrate status", out, `^VERSION  NAME +APPLIED AT  DURATION$`, `^0001     init +pending$`, `^0002     treatments  pending$`, `^0 applied, 2 pending$`)
 	out, err = runMigrateCLI("up")
 	mustf(t, err, "migrate up")
-	wantLines(t, "migrate up", out, `^applied 0001_init \(\S+\)$`)
+	wantLines(t, "migrate up", out, `^applied 0001_init \(\S+\)$`, `^applied 0002_treatments \(\S+\)$`)
 	out, err = runMigrateCLI("status")
 	mustf(t, err, "migrate status")
-	wantLines(t, "migrate status", out, `^VERSION  NAME  APPLIED AT               DURATION$`, `^0001     init  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \S+$`, `^1 applied, 0 pending$`)
-	out, err = runMigrateCLI("down")
-	mustf(t, err, "migrate down")
-	wantLines(t, "migrate down", out, `^rolled back 0001_init \(\S+\)$`)
+	wantLines(t, "migrate status", out, `^VERSION  NAME +APPLIED AT               DURATION$`, `^0001     init +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \S+$`,
+		`^0002     treatments  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \S+$`, `^2 applied, 0 pending$`)
+	out, err = runMigrateCLI("down", "2")
+	mustf(t, err, "migrate down 2")
+	wantLines(t, "migrate down 2", out, `^rolled back 0002_treatments \(\S+\)$`, `^rolled back 0001_init \(\S+\)$`)
 	out, err = runMigrateCLI("help")
 	mustf(t, err, "migrate help")
 	wantContains(t, "migrate help", out, "force VERSION", "--allow-drift")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
@@ -19,6 +20,7 @@ type server struct {
 	dbCheck      *checker
 	redisCheck   *checker
 	metrics      *metrics // nil when METRICS_ENABLED is false
+	cursors      cursors  // signs the page cursors of every list
 	shuttingDown atomic.Bool
 }
 
@@ -32,6 +34,7 @@ func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server
 		cache:      cache,
 		dbCheck:    newChecker("postgresql", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, db.ping),
 		redisCheck: newChecker("redis", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, cache.ping),
+		cursors:    newCursors(cfg),
 	}
 	if cfg.MetricsEnabled {
 		s.metrics = newMetrics(s.dbCheck.name, s.redisCheck.name)
@@ -68,6 +71,13 @@ func (s *server) routeTable() []route {
 		{pattern: "GET /api/v1/health/ready", handler: ready},
 		{pattern: "GET /api/v1/health/db", handler: healthDB},
 		{pattern: "GET /api/v1/health/redis", handler: healthRedis},
+
+		// The treatment menu: treatments.go.
+		{pattern: "GET /api/v1/treatments", handler: s.api(s.handleListTreatments)},
+		{pattern: "POST /api/v1/treatments", handler: s.api(s.handleCreateTreatment)},
+		{pattern: "GET /api/v1/treatments/{id}", handler: s.api(s.handleGetTreatment)},
+		{pattern: "PATCH /api/v1/treatments/{id}", handler: s.api(s.handleUpdateTreatment)},
+		{pattern: "DELETE /api/v1/treatments/{id}", handler: s.api(s.handleDeleteTreatment)},
 	}
 	if s.cfg.DocsEnabled { // otherwise they answer 404 like any unknown path
 		table = append(table,
@@ -96,6 +106,23 @@ func (s *server) routeTable() []route {
 		route{pattern: "POST /debug/pprof/symbol", handler: http.HandlerFunc(pprof.Symbol), private: true},
 		route{pattern: "GET /debug/pprof/trace", handler: http.HandlerFunc(pprof.Trace), private: true},
 	)
+}
+
+// apiHandler is a domain route: it writes its answer, or returns the error
+// that writeError answers with instead.
+type apiHandler func(w http.ResponseWriter, r *http.Request) error
+
+// api serves an apiHandler: REQUEST_TIMEOUT bounds its database and cache
+// work, and an error it returns becomes the error envelope.
+func (s *server) api(h apiHandler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		defer cancel()
+		r = r.WithContext(ctx)
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
 }
 
 // handler is the main listener's whole stack: the middleware around the
