@@ -104,6 +104,22 @@ func newTestDatabase(t testing.TB) string {
 	return u.String()
 }
 
+// newMigratedDatabase is newTestDatabase with every migration of schema/
+// applied.
+func newMigratedDatabase(t testing.TB) string {
+	t.Helper()
+	dbURL := newTestDatabase(t)
+	db, err := openMigrateDB(context.Background(), testConfig(t, dbURL))
+	if err != nil {
+		t.Fatalf("openMigrateDB: %v", err)
+	}
+	defer db.Close()
+	files, err := loadMigrations(builtinMigrations())
+	mustf(t, err, "load the migrations")
+	mustf(t, newMigrator(db, files, 30*time.Second, io.Discard).up(context.Background()), "migrate up")
+	return dbURL
+}
+
 // requireRedis fails the test when the shared Redis does not answer.
 func requireRedis(t testing.TB) {
 	t.Helper()
