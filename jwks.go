@@ -80,14 +80,16 @@ type skippedKey struct {
 // parseJWKS parses a JWK Set (RFC 7517 section 5) and returns its usable
 // keys by kid. Entries it cannot use (another key type, private or
 // symmetric material, a weak RSA key, another curve, no kid, a repeated
-// kid) are skipped, not fatal; only a body that is not a set is an error.
+// kid) are skipped, not fatal. A body that is not a set is an error, and
+// so is a duplicate member name anywhere in it: such a document is not
+// one that every parser reads the same way.
 func parseJWKS(data []byte) (map[string]*verificationKey, []skippedKey, error) {
 	top, err := jwtObject(data)
 	if err != nil {
 		return nil, nil, fmt.Errorf("jwks is not a JSON object: %w", err)
 	}
 	var entries []json.RawMessage
-	if err := json.Unmarshal(top["keys"], &entries); err != nil || top["keys"] == nil {
+	if raw := top["keys"]; len(raw) == 0 || raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
 		return nil, nil, errors.New(`jwks has no "keys" array`)
 	}
 	keys := make(map[string]*verificationKey)
