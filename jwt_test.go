@@ -116,6 +116,7 @@ type jwtJWKSServer struct {
 	body    []byte
 	status  int
 	headers map[string]string
+	delay   time.Duration
 }
 
 // newJWTJWKSServer serves keys (public JWKs) until the test ends.
@@ -126,11 +127,20 @@ func newJWTJWKSServer(t testing.TB, keys ...map[string]any) *jwtJWKSServer {
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
 		s.mu.Lock()
-		body, status := s.body, s.status
+		body, status, delay := s.body, s.status, s.delay
 		for k, v := range s.headers {
 			w.Header().Set(k, v)
 		}
 		s.mu.Unlock()
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		if etag := w.Header().Get("ETag"); etag != "" && r.Header.Get("If-None-Match") == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		w.Write(body)
@@ -166,7 +176,15 @@ func (s *jwtJWKSServer) setStatus(code int) {
 	s.status = code
 }
 
-// setHeader adds a response header to every answer.
+// setDelay makes every answer wait d first.
+func (s *jwtJWKSServer) setDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delay = d
+}
+
+// setHeader adds a response header to every answer; with an ETag, the
+// server answers 304 to a matching If-None-Match.
 func (s *jwtJWKSServer) setHeader(k, v string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
