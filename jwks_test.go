@@ -146,6 +146,48 @@ func TestJWKSRefetchBound(t *testing.T) {
 	}
 }
 
+// TestJWKSKnownKidNoFetch opens the refetch bound and checks that only an
+// unknown kid uses it: a known kid whose token fails triggers no fetch, and
+// a symmetric key in the set never verifies an HS256 token.
+func TestJWKSKnownKidNoFetch(t *testing.T) {
+	for _, secret := range []string{jwtTestSecret, ""} {
+		t.Run(fmt.Sprintf("secret %v", secret != ""), func(t *testing.T) {
+			f := newJWTFixture(t, func(s *authSettings) { s.Secret = []byte(secret) })
+			keys := f.keys
+			octSecret := []byte("a symmetric key published in the JWKS, 32+ bytes")
+			f.jwks.setKeys(t, jwtPublicJWK("es", &keys.ec.PublicKey), jwtPublicJWK("rs", &keys.rsa.PublicKey),
+				map[string]any{"kty": "oct", "kid": "oct", "alg": "HS256", "k": jwtB64(octSecret)})
+			f.clock.advance(jwksMinRefetch)
+
+			stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			wantHS := ruleSignatureInvalid
+			if secret == "" {
+				wantHS = ruleAlgNotConfigured
+			}
+			for _, tc := range []struct {
+				name, token, rule string
+			}{
+				{"stranger's signature", jwtSign(t, algES256, stranger, map[string]any{"alg": "ES256", "kid": "es"}, f.claims()), ruleSignatureInvalid},
+				{"tampered", jwtTamper(f.mint(t, algES256, f.claims()), 1), ruleSignatureInvalid},
+				{"alg of another key type", jwtSign(t, algES256, keys.ec, map[string]any{"alg": "ES256", "kid": "rs"}, f.claims()), ruleAlgKeyMismatch},
+				{"expired", f.mint(t, algES256, map[string]any{"iss": jwtTestIssuer, "aud": "authenticated", "sub": jwtTestSubject, "role": "authenticated", "exp": 1}), ruleExpired},
+				{"HS256 with the JWKS oct key", jwtSign(t, algHS256, octSecret, map[string]any{"alg": "HS256", "kid": "oct"}, f.claims()), wantHS},
+			} {
+				if _, err := f.verify(tc.token); jwtRule(err) != tc.rule {
+					t.Errorf("verify(%s) = %v, want %s", tc.name, err, tc.rule)
+				}
+			}
+			if n := f.jwks.requests.Load(); n != 1 {
+				t.Errorf("fetches after failing tokens of known kids = %d, want 1 (the start's)", n)
+			}
+			f.verify(jwtSign(t, algES256, stranger, map[string]any{"alg": "ES256", "kid": "unknown"}, f.claims()))
+			if n := f.jwks.requests.Load(); n != 2 {
+				t.Errorf("fetches after an unknown kid = %d, want 2", n)
+			}
+		})
+	}
+}
+
 // TestJWKSSharedFetch checks that requests arriving while the first fetch
 // is under way share it, and that one whose context ends meanwhile gets
 // errKeysUnavailable.

@@ -149,6 +149,7 @@ type authError struct {
 	sub  string
 }
 
+// Error names the rule only: neither the token nor its claims.
 func (e *authError) Error() string { return "invalid token: " + e.rule }
 
 // verifierCounters counts verifications by outcome and JWKS fetches by

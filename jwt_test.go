@@ -76,12 +76,14 @@ type jwtClock struct {
 // newJWTClock starts a clock at a fixed, recent instant.
 func newJWTClock() *jwtClock { return &jwtClock{t: time.Unix(1_760_000_000, 0)} }
 
+// now is the clock's time; pass it as the verifier's clock.
 func (c *jwtClock) now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
+// advance moves the clock forward by d.
 func (c *jwtClock) advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,12 +96,14 @@ type jwtLogBuffer struct {
 	b  bytes.Buffer
 }
 
+// Write appends a log line.
 func (l *jwtLogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
+// String is everything logged so far.
 func (l *jwtLogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
