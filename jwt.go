@@ -46,8 +46,9 @@ import (
 //     one was under way), answer 503.
 //
 // stats reads the counters for /metrics. The verifier logs each refusal
-// itself (its rule, and the kid and sub when known, never the token): at
-// WARN at most once every authWarnInterval, at DEBUG otherwise.
+// itself (its rule, or "keys_unavailable" for a 503, and the kid and sub
+// when known, never the token): at WARN at most once every
+// authWarnInterval, at DEBUG otherwise.
 //
 // The algorithm is fixed by the key, never by the token: HS256 only with
 // the configured secret, ES256, RS256 and EdDSA only with a JWKS key of the
@@ -73,7 +74,8 @@ const (
 	tokenCacheBytes   = 32 << 20
 	// defaultAuthAudience is the aud of Supabase access tokens.
 	defaultAuthAudience = "authenticated"
-	// defaultAuthLeeway is the clock skew allowed on exp, nbf and iat.
+	// defaultAuthLeeway is AUTH_LEEWAY's default, for config.go: the
+	// verifier itself takes a zero Leeway as none.
 	defaultAuthLeeway = 30 * time.Second
 )
 
