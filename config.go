@@ -32,27 +32,36 @@ type config struct {
 	DBConnectBackoff  time.Duration
 	DBConnectTimeout  time.Duration
 
-	RedisHost             string
-	RedisPort             int
-	RedisDB               int
-	RedisPassword         string
-	RedisPoolSize         int
-	RedisDecodeResponses  bool          // accepted for compatibility; has no effect
-	RequestTimeout        time.Duration // bounds an API request's database and cache work
-	CacheTTL              time.Duration // how long a cached read lives in Redis; 0: no caching
-	HealthCheckTimeout    time.Duration
-	HealthCacheTTL        time.Duration
-	ShutdownDrainDelay    time.Duration
-	ShutdownTimeout       time.Duration
-	LogLevel              slog.Level
-	LogFile               string
-	MigrateOnStart        bool
-	MigrateLockTimeout    time.Duration
-	MetricsEnabled        bool   // count requests and serve /metrics
-	MetricsAddr           string // host:port of the private /metrics and pprof listener; empty: /metrics on the main one
-	DocsEnabled           bool   // serve /openapi.json, /docs and /redoc
-	DocsAssetBaseURL      string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
-	NotifySocket          string // systemd's sd_notify socket; empty when not under Type=notify
+	RedisHost            string
+	RedisPort            int
+	RedisDB              int
+	RedisPassword        string
+	RedisPoolSize        int
+	RedisDecodeResponses bool          // accepted for compatibility; has no effect
+	RequestTimeout       time.Duration // bounds an API request's database and cache work
+	CacheTTL             time.Duration // how long a cached read lives in Redis; 0: no caching
+	HealthCheckTimeout   time.Duration
+	HealthCacheTTL       time.Duration
+	ShutdownDrainDelay   time.Duration
+	ShutdownTimeout      time.Duration
+	LogLevel             slog.Level
+	LogFile              string
+	MigrateOnStart       bool
+	MigrateLockTimeout   time.Duration
+	MetricsEnabled       bool   // count requests and serve /metrics
+	MetricsAddr          string // host:port of the private /metrics and pprof listener; empty: /metrics on the main one
+	DocsEnabled          bool   // serve /openapi.json, /docs and /redoc
+	DocsAssetBaseURL     string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
+	NotifySocket         string // systemd's sd_notify socket; empty when not under Type=notify
+
+	// Authentication: on when SUPABASE_URL is set (auth.go).
+	SupabaseURL           string
+	AuthIssuer            string // the exact iss of access tokens
+	AuthJWKSURL           string // where the public keys are; "" with only a legacy secret
+	SupabaseJWTSecret     string // the legacy HS256 secret; empty: HS256 refused
+	AuthAudience          string
+	AuthLeeway            time.Duration
+	AuthJWKSTTL           time.Duration
 	configFileDescription string // which .env file was read, for the startup log
 }
 
@@ -113,10 +122,57 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 	// would show the whole surface to anyone: there they are opt-in.
 	cfg.DocsEnabled = p.boolean("DOCS_ENABLED", cfg.Environment != "production")
 	cfg.DocsAssetBaseURL = p.assetBaseURL("DOCS_ASSET_BASE_URL", defaultDocsAssetBaseURL)
+	p.auth(&cfg)
 	if len(p.problems) > 0 {
 		return config{}, &configError{problems: p.problems}
 	}
 	return cfg, nil
+}
+
+// auth reads the authentication variables. The issuer and the JWKS URL
+// derive from SUPABASE_URL unless AUTH_ISSUER and AUTH_JWKS_URL (a
+// self-hosted Supabase) say otherwise; nothing of it may be set without
+// SUPABASE_URL, which turns authentication on.
+func (p *parser) auth(cfg *config) {
+	cfg.SupabaseURL = strings.TrimRight(p.get("SUPABASE_URL"), "/")
+	cfg.AuthIssuer = p.str("AUTH_ISSUER", cfg.SupabaseURL+"/auth/v1")
+	cfg.AuthJWKSURL = p.str("AUTH_JWKS_URL", cfg.SupabaseURL+"/auth/v1/.well-known/jwks.json")
+	cfg.SupabaseJWTSecret = p.secret("SUPABASE_JWT_SECRET")
+	cfg.AuthAudience = p.str("AUTH_AUDIENCE", defaultAuthAudience)
+	cfg.AuthLeeway = p.duration("AUTH_LEEWAY", defaultAuthLeeway, true)
+	cfg.AuthJWKSTTL = p.duration("AUTH_JWKS_TTL", defaultJWKSTTL, false)
+	if cfg.AuthLeeway > 5*time.Minute {
+		p.fail("AUTH_LEEWAY", "must be at most 5m, got %s", cfg.AuthLeeway)
+	}
+	if cfg.AuthJWKSTTL > 20*time.Minute {
+		p.fail("AUTH_JWKS_TTL", "must be at most 20m: Supabase asks that keys be fetched again within about 10 minutes, got %s", cfg.AuthJWKSTTL)
+	}
+	if cfg.SupabaseURL == "" {
+		for _, key := range []string{"AUTH_ISSUER", "AUTH_JWKS_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWT_SECRET_FILE"} {
+			if p.get(key) != "" {
+				p.fail(key, "is set but SUPABASE_URL, which turns authentication on, is not")
+			}
+		}
+		cfg.AuthIssuer, cfg.AuthJWKSURL = "", ""
+		return
+	}
+	if u, err := url.Parse(cfg.SupabaseURL); err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		p.fail("SUPABASE_URL", "must be the project's URL, such as https://PROJECT.supabase.co, without credentials, query or fragment")
+	}
+	if err := validJWKSURL(cfg.AuthJWKSURL); err != nil {
+		p.fail(p.nameOf("AUTH_JWKS_URL", "SUPABASE_URL"), "%v", err)
+	}
+	if n := len(cfg.SupabaseJWTSecret); n > 0 && n < 32 {
+		p.fail("SUPABASE_JWT_SECRET", "must be at least 32 bytes, got %d", n) // the length only: it is a secret
+	}
+}
+
+// nameOf is key when it is set, else the variable its default derives from.
+func (p *parser) nameOf(key, from string) string {
+	if p.get(key) != "" {
+		return key
+	}
+	return from
 }
 
 // loadProbeAddr reads only HOST and PORT, for commands that must work
@@ -448,10 +504,6 @@ func maskDatabaseURL(raw string) string {
 
 // LogValue makes logging a config safe: secrets are masked.
 func (c config) LogValue() slog.Value {
-	redisPassword := ""
-	if c.RedisPassword != "" {
-		redisPassword = maskedPassword
-	}
 	return slog.GroupValue(
 		slog.String("app_name", c.AppName),
 		slog.String("app_version", c.AppVersion),
@@ -465,7 +517,7 @@ func (c config) LogValue() slog.Value {
 		slog.Duration("db_pool_timeout", c.DBPoolTimeout),
 		slog.String("redis", c.redisAddr()),
 		slog.Int("redis_db", c.RedisDB),
-		slog.String("redis_password", redisPassword),
+		slog.String("redis_password", mask(c.RedisPassword)),
 		slog.Duration("request_timeout", c.RequestTimeout),
 		slog.Duration("cache_ttl", c.CacheTTL),
 		slog.Duration("health_check_timeout", c.HealthCheckTimeout),
@@ -474,8 +526,20 @@ func (c config) LogValue() slog.Value {
 		slog.String("docs_asset_base_url", c.DocsAssetBaseURL),
 		slog.Bool("metrics_enabled", c.MetricsEnabled),
 		slog.String("metrics_addr", c.MetricsAddr),
+		slog.String("supabase_url", c.SupabaseURL),
+		slog.String("auth_issuer", c.AuthIssuer),
+		slog.String("auth_jwks_url", c.AuthJWKSURL),
+		slog.String("supabase_jwt_secret", mask(c.SupabaseJWTSecret)),
 		slog.String("env_file", c.configFileDescription),
 	)
+}
+
+// mask hides a secret: "" stays "", anything else is shown as xxxxx.
+func mask(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	return maskedPassword
 }
 
 // String masks secrets like LogValue, so that printing a config with fmt is

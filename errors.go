@@ -56,6 +56,8 @@ type apiError struct {
 	Message string
 	Details any
 	Cause   error
+
+	challenge string // a 401's WWW-Authenticate (auth.go)
 }
 
 func (e *apiError) Error() string {
@@ -101,6 +103,9 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			// A 500 always says the same thing; what was meant is logged.
 			ae = &apiError{Code: codeInternal, Message: genericInternalMessage, Cause: err}
 		}
+	}
+	if ae.challenge != "" {
+		w.Header().Set("WWW-Authenticate", ae.challenge)
 	}
 	if ae.Cause != nil {
 		level := slog.LevelWarn

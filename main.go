@@ -190,7 +190,11 @@ func connect(ctx context.Context, cfg config, log *slog.Logger) (*server, error)
 	if err := cache.ping(pctx); err != nil {
 		log.Warn("redis not reachable, serving without cache until it is", "redis", cfg.redisAddr(), "error", err)
 	}
-	return newServer(cfg, log, db, cache), nil
+	s := newServer(cfg, log, db, cache)
+	if s.auth != nil {
+		s.auth.start(ctx) // a failure is logged: tokens then wait for a later fetch
+	}
+	return s, nil
 }
 
 // close closes the pools.

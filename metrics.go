@@ -22,7 +22,10 @@ import (
 //	dependency_check_duration_seconds{dependency}; db_pool_* (open, in use,
 //	idle, max, waits, wait time) and redis_pool_* (active, idle);
 //	process_start_time_seconds, go_goroutines, go_memstats_heap_inuse_bytes,
-//	go_gc_cycles_total; zenspa_build_info{version,goversion}.
+//	go_gc_cycles_total; zenspa_build_info{version,goversion}; with
+//	authentication on, auth_verifications_total{outcome},
+//	auth_verifications_cached_total, auth_jwks_fetches_total{result} and
+//	auth_jwks_keys.
 //
 // route is a registered pattern or "unmatched", never a raw path, and method
 // one of methodLabels: no request can add a series.
@@ -284,6 +287,26 @@ func (s *server) writeMetrics(e *exposition) {
 	e.gauge("go_goroutines", "Goroutines that currently exist.", float64(runtime.NumGoroutine()))
 	e.gauge("go_memstats_heap_inuse_bytes", "Bytes of the heap in use: objects and the free space of their spans.", float64(sampleUint64(rt[0])+sampleUint64(rt[1])))
 	e.counter("go_gc_cycles_total", "Completed garbage collection cycles.", float64(sampleUint64(rt[2])))
+
+	if s.auth != nil {
+		a := s.auth.stats()
+		e.family("auth_verifications_total", "counter", "Access tokens checked, by outcome: ok (cached included), invalid and expired (both 401), unavailable (503: no signing keys).")
+		for _, o := range []struct {
+			label string
+			n     uint64
+		}{{"ok", a.OK}, {"invalid", a.Invalid}, {"expired", a.Expired}, {"unavailable", a.Unavailable}} {
+			e.sample("auth_verifications_total", float64(o.n), "outcome", o.label)
+		}
+		e.counter("auth_verifications_cached_total", "Access tokens answered from the cache of verified tokens.", float64(a.CacheHits))
+		e.family("auth_jwks_fetches_total", "counter", "Fetches of the JWKS, by result: ok, error, not_modified.")
+		for _, o := range []struct {
+			label string
+			n     uint64
+		}{{"ok", a.FetchOK}, {"error", a.FetchError}, {"not_modified", a.FetchNotModified}} {
+			e.sample("auth_jwks_fetches_total", float64(o.n), "result", o.label)
+		}
+		e.gauge("auth_jwks_keys", "Usable public keys in the cached JWKS.", float64(a.Keys))
+	}
 
 	e.family("zenspa_build_info", "gauge", "Always 1; the labels name the running APP_VERSION and the Go version that built the binary.")
 	e.sample("zenspa_build_info", 1, "version", s.cfg.AppVersion, "goversion", runtime.Version())

@@ -17,13 +17,15 @@ const maxBodyBytes = 1 << 20
 // headerRequestID carries the request ID in both directions.
 const headerRequestID = "X-Request-ID"
 
-// responseRecorder remembers the status and size of a response for the
-// access log and tells recoverPanics whether headers already went out. It is
+// responseRecorder remembers the status and size of a response, and who
+// asked, for the access log, and tells recoverPanics whether headers
+// already went out. It is
 // created once per request by recoverPanics and shared down the chain.
 type responseRecorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	user   string // the caller's sub, once require has verified its token
 }
 
 func (rw *responseRecorder) WriteHeader(status int) {
@@ -168,13 +170,17 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 			if !s.log.Enabled(ctx, level) {
 				return
 			}
-			s.log.LogAttrs(ctx, level, "request",
+			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
 				slog.Int("status", status),
 				slog.Int64("bytes", rec.bytes),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
-			)
+			}
+			if rec.user != "" {
+				attrs = append(attrs, slog.String("user", rec.user))
+			}
+			s.log.LogAttrs(ctx, level, "request", attrs...)
 		}()
 		next.ServeHTTP(rec, r)
 	})

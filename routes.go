@@ -19,8 +19,9 @@ type server struct {
 	cache        *cache
 	dbCheck      *checker
 	redisCheck   *checker
-	metrics      *metrics // nil when METRICS_ENABLED is false
-	cursors      cursors  // signs the page cursors of every list
+	metrics      *metrics  // nil when METRICS_ENABLED is false
+	cursors      cursors   // signs the page cursors of every list
+	auth         *verifier // checks access tokens; nil when SUPABASE_URL is not set
 	shuttingDown atomic.Bool
 }
 
@@ -35,6 +36,12 @@ func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server
 		dbCheck:    newChecker("postgresql", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, db.ping),
 		redisCheck: newChecker("redis", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, cache.ping),
 		cursors:    newCursors(cfg),
+	}
+	if cfg.SupabaseURL != "" {
+		s.auth = newVerifier(authSettings{
+			Issuer: cfg.AuthIssuer, Audience: cfg.AuthAudience, Secret: []byte(cfg.SupabaseJWTSecret),
+			JWKSURL: cfg.AuthJWKSURL, JWKSTTL: cfg.AuthJWKSTTL, Leeway: cfg.AuthLeeway,
+		}, log, nil, time.Now)
 	}
 	if cfg.MetricsEnabled {
 		s.metrics = newMetrics(s.dbCheck.name, s.redisCheck.name)
@@ -72,12 +79,15 @@ func (s *server) routeTable() []route {
 		{pattern: "GET /api/v1/health/db", handler: healthDB},
 		{pattern: "GET /api/v1/health/redis", handler: healthRedis},
 
-		// The treatment menu: treatments.go.
+		// Who is calling: auth.go.
+		{pattern: "GET /api/v1/me", handler: s.api(s.require(signedIn, s.handleMe))},
+
+		// The treatment menu, which anyone may read and managers change: treatments.go.
 		{pattern: "GET /api/v1/treatments", handler: s.api(s.handleListTreatments)},
-		{pattern: "POST /api/v1/treatments", handler: s.api(s.handleCreateTreatment)},
+		{pattern: "POST /api/v1/treatments", handler: s.api(s.require(managers, s.handleCreateTreatment))},
 		{pattern: "GET /api/v1/treatments/{id}", handler: s.api(s.handleGetTreatment)},
-		{pattern: "PATCH /api/v1/treatments/{id}", handler: s.api(s.handleUpdateTreatment)},
-		{pattern: "DELETE /api/v1/treatments/{id}", handler: s.api(s.handleDeleteTreatment)},
+		{pattern: "PATCH /api/v1/treatments/{id}", handler: s.api(s.require(managers, s.handleUpdateTreatment))},
+		{pattern: "DELETE /api/v1/treatments/{id}", handler: s.api(s.require(managers, s.handleDeleteTreatment))},
 	}
 	if s.cfg.DocsEnabled { // otherwise they answer 404 like any unknown path
 		table = append(table,

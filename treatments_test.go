@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,24 +22,33 @@ import (
 
 // menu is a server of the treatment menu under test.
 type menu struct {
-	s    *server
-	url  string // the routes' base, .../api/v1/treatments
-	logs *syncBuffer
+	s       *server
+	url     string // the routes' base, .../api/v1/treatments
+	logs    *syncBuffer
+	manager string // an access token that may change the menu
 }
 
-// newMenu serves the menu from a freshly migrated database; kv goes to
-// testConfig. DB_ECHO is on, so that tests can count the statements.
+// newMenu serves the menu from a freshly migrated database, with a Supabase
+// project of its own; kv goes to testConfig. DB_ECHO is on, so that tests
+// can count the statements.
 func newMenu(t testing.TB, kv ...string) *menu {
 	t.Helper()
-	return newMenuOn(t, newMigratedDatabase(t), kv...)
+	return newMenuOn(t, newMigratedDatabase(t), newProject(t), kv...)
 }
 
 // newMenuOn serves the menu from an already migrated database.
-func newMenuOn(t testing.TB, dbURL string, kv ...string) *menu {
+func newMenuOn(t testing.TB, dbURL string, p *project, kv ...string) *menu {
 	t.Helper()
-	s, logs := newTestServer(t, testConfig(t, dbURL, append([]string{"DB_ECHO=true"}, kv...)...))
+	s, logs := newTestServer(t, testConfig(t, dbURL, slices.Concat([]string{"DB_ECHO=true"}, p.env(), kv)...))
 	ts := startTestServer(t, s)
-	return &menu{s: s, url: ts.URL + "/api/v1/treatments", logs: logs}
+	return &menu{s: s, url: ts.URL + "/api/v1/treatments", logs: logs, manager: p.token(t, algES256, p.manager())}
+}
+
+// hdr is the header of a write: JSON, the manager's token, and kv as pairs.
+func (m *menu) hdr(kv ...string) http.Header {
+	h := jsonHeader(kv...)
+	h.Set("Authorization", "Bearer "+m.manager)
+	return h
 }
 
 // statements counts the SQL statements the server has logged so far.
@@ -57,7 +67,7 @@ func jsonHeader(kv ...string) http.Header {
 // unless it answers 201.
 func (m *menu) create(t testing.TB, body string) treatment {
 	t.Helper()
-	status, h, b := do(t, http.MethodPost, m.url, jsonHeader(), strings.NewReader(body))
+	status, h, b := do(t, http.MethodPost, m.url, m.hdr(), strings.NewReader(body))
 	if status != http.StatusCreated {
 		t.Fatalf("POST %s = %d %s, want 201", body, status, b)
 	}
@@ -98,19 +108,10 @@ func wantProblems(t testing.TB, what string, status int, h http.Header, body []b
 		got = append(got, fmt.Sprint(p["field"]))
 	}
 	for _, f := range fields {
-		if !slicesContains(got, f) {
+		if !slices.Contains(got, f) {
 			t.Errorf("%s problems name the fields %q, want %q among them: %s", what, got, f, body)
 		}
 	}
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func TestTreatmentsCRUD(t *testing.T) {
@@ -150,7 +151,7 @@ func TestTreatmentsCRUD(t *testing.T) {
 	}
 
 	// PATCH: only what is sent changes; a stale If-Match changes nothing.
-	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, jsonHeader("If-Match", tag), strings.NewReader(`{"price":700000,"active":false}`))
+	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, m.hdr("If-Match", tag), strings.NewReader(`{"price":700000,"active":false}`))
 	if status != http.StatusOK {
 		t.Fatalf("PATCH = %d %s, want 200", status, body)
 	}
@@ -161,7 +162,7 @@ func TestTreatmentsCRUD(t *testing.T) {
 	if h.Get("ETag") != etag(patched) || h.Get("ETag") == tag {
 		t.Errorf("PATCH ETag = %q, want the new version's %s", h.Get("ETag"), etag(patched))
 	}
-	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, jsonHeader("If-Match", tag), strings.NewReader(`{"price":1}`))
+	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, m.hdr("If-Match", tag), strings.NewReader(`{"price":1}`))
 	if status != http.StatusPreconditionFailed {
 		t.Fatalf("PATCH with the stale ETag = %d %s, want 412", status, body)
 	}
@@ -171,20 +172,20 @@ func TestTreatmentsCRUD(t *testing.T) {
 	}
 
 	// DELETE: a stale If-Match is refused, a current one or none deletes.
-	if status, _, body := do(t, http.MethodDelete, m.url+"/"+created.ID, http.Header{"If-Match": {tag}}, nil); status != http.StatusPreconditionFailed {
+	if status, _, body := do(t, http.MethodDelete, m.url+"/"+created.ID, m.hdr("If-Match", tag), nil); status != http.StatusPreconditionFailed {
 		t.Errorf("DELETE with the stale ETag = %d %s, want 412", status, body)
 	}
-	if status, _, body := do(t, http.MethodDelete, m.url+"/"+created.ID, http.Header{"If-Match": {etag(patched)}}, nil); status != http.StatusNoContent || len(body) != 0 {
+	if status, _, body := do(t, http.MethodDelete, m.url+"/"+created.ID, m.hdr("If-Match", etag(patched)), nil); status != http.StatusNoContent || len(body) != 0 {
 		t.Errorf("DELETE = %d %q, want 204 and no body", status, body)
 	}
 	for _, method := range []string{http.MethodGet, http.MethodDelete} {
-		status, h, body := do(t, method, m.url+"/"+created.ID, nil, nil)
+		status, h, body := do(t, method, m.url+"/"+created.ID, m.hdr(), nil)
 		if status != http.StatusNotFound {
 			t.Fatalf("%s after DELETE = %d %s, want 404", method, status, body)
 		}
 		wantErrorEnvelope(t, method+" after DELETE", h, body, codeNotFound)
 	}
-	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, jsonHeader(), strings.NewReader(`{"price":1}`))
+	status, h, body = do(t, http.MethodPatch, m.url+"/"+created.ID, m.hdr(), strings.NewReader(`{"price":1}`))
 	if status != http.StatusNotFound {
 		t.Errorf("PATCH after DELETE = %d %s, want 404", status, body)
 	}
@@ -192,7 +193,7 @@ func TestTreatmentsCRUD(t *testing.T) {
 	if second.Currency != "USD" || second.Active {
 		t.Errorf("created = %+v, want currency USD and inactive as sent", second)
 	}
-	if status, _, body := do(t, http.MethodDelete, m.url+"/"+second.ID, nil, nil); status != http.StatusNoContent {
+	if status, _, body := do(t, http.MethodDelete, m.url+"/"+second.ID, m.hdr(), nil); status != http.StatusNoContent {
 		t.Errorf("DELETE without If-Match = %d %s, want 204", status, body)
 	}
 }
@@ -206,7 +207,7 @@ func TestTreatmentsConflict(t *testing.T) {
 		{http.MethodPost, m.url, `{"name":"XÔNG HƠI","duration_minutes":30,"price":1}`},
 		{http.MethodPatch, m.url + "/" + other.ID, `{"name":"xông hơi"}`},
 	} {
-		status, h, body := do(t, tc.method, tc.target, jsonHeader(), strings.NewReader(tc.body))
+		status, h, body := do(t, tc.method, tc.target, m.hdr(), strings.NewReader(tc.body))
 		wantProblems(t, tc.method+" a name that exists in another case", status, h, body, http.StatusConflict, codeConflict, "name")
 		if bytes.Contains(body, []byte("treatments_name_key")) || bytes.Contains(body, []byte("lower(")) {
 			t.Errorf("%s answer names the constraint: %s", tc.method, body)
@@ -223,7 +224,7 @@ func TestTreatmentsConflict(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			req, _ := http.NewRequest(http.MethodPost, m.url, strings.NewReader(`{"name":"`+name+`","duration_minutes":60,"price":1}`))
-			req.Header.Set("Content-Type", "application/json")
+			req.Header = m.hdr()
 			<-start
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -292,12 +293,12 @@ func TestTreatmentsBadInput(t *testing.T) {
 			if tc.method == "PATCH" {
 				target += "/" + existing.ID
 			}
-			h := http.Header{}
+			h := m.hdr()
 			switch {
 			case tc.contentType != "":
 				h.Set("Content-Type", tc.contentType)
-			case !strings.HasPrefix(tc.name, "no content type"):
-				h.Set("Content-Type", "application/json")
+			case strings.HasPrefix(tc.name, "no content type"):
+				h.Del("Content-Type")
 			}
 			status, rh, body := do(t, tc.method, target, h, strings.NewReader(tc.body))
 			if status >= 500 {
@@ -353,7 +354,7 @@ func TestTreatmentsBadParameters(t *testing.T) {
 	}
 	for _, path := range []string{"/not-a-uuid", "/123", "/" + strings.Repeat("a", 36), "/00000000-0000-0000-0000-00000000000g"} {
 		for _, method := range []string{http.MethodGet, http.MethodPatch, http.MethodDelete} {
-			status, h, body := do(t, method, m.url+path, jsonHeader(), strings.NewReader(`{"price":1}`))
+			status, h, body := do(t, method, m.url+path, m.hdr(), strings.NewReader(`{"price":1}`))
 			wantProblems(t, method+" "+path, status, h, body, http.StatusUnprocessableEntity, codeValidation, "id")
 		}
 	}
@@ -471,8 +472,8 @@ func TestTreatmentsPagination(t *testing.T) {
 // another shape is a miss.
 func TestTreatmentsCache(t *testing.T) {
 	t.Parallel()
-	dbURL := newMigratedDatabase(t)
-	a, b := newMenuOn(t, dbURL), newMenuOn(t, dbURL)
+	dbURL, p := newMigratedDatabase(t), newProject(t)
+	a, b := newMenuOn(t, dbURL, p), newMenuOn(t, dbURL, p)
 	tr := a.create(t, `{"name":"Ngâm chân thảo dược","duration_minutes":30,"price":120000}`)
 
 	get(t, b.url, "/"+tr.ID) // fills the cache
@@ -487,14 +488,14 @@ func TestTreatmentsCache(t *testing.T) {
 	}
 
 	// A write on a, a read on b: the new data, at once.
-	status, _, body := do(t, http.MethodPatch, a.url+"/"+tr.ID, jsonHeader(), strings.NewReader(`{"price":150000}`))
+	status, _, body := do(t, http.MethodPatch, a.url+"/"+tr.ID, a.hdr(), strings.NewReader(`{"price":150000}`))
 	if status != http.StatusOK {
 		t.Fatalf("PATCH = %d %s", status, body)
 	}
 	if _, _, body := get(t, b.url, "/"+tr.ID); dataOf[treatment](t, "GET", body).Price != 150000 {
 		t.Errorf("GET on the other instance after PATCH = %s, want price 150000", body)
 	}
-	if status, _, _ := do(t, http.MethodDelete, a.url+"/"+tr.ID, nil, nil); status != http.StatusNoContent {
+	if status, _, _ := do(t, http.MethodDelete, a.url+"/"+tr.ID, a.hdr(), nil); status != http.StatusNoContent {
 		t.Fatalf("DELETE = %d", status)
 	}
 	if status, _, body := get(t, b.url, "/"+tr.ID); status != http.StatusNotFound {
