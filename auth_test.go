@@ -275,12 +275,16 @@ func TestUserTransactions(t *testing.T) {
 		}
 	}
 
-	servers := map[string]*server{"direct": admin}
-	if pgbouncer := startPgBouncer(t, dbURL); pgbouncer != "" {
-		servers["pgbouncer"], _ = newTestServer(t, testConfig(t, pgbouncer))
+	servers := map[string]func(t *testing.T) *server{
+		"direct": func(*testing.T) *server { return admin },
+		"pgbouncer": func(t *testing.T) *server {
+			s, _ := newTestServer(t, testConfig(t, startPgBouncer(t, dbURL)))
+			return s
+		},
 	}
-	for via, s := range servers {
+	for via, server := range servers {
 		t.Run(via, func(t *testing.T) {
+			s := server(t)
 			users := []string{newUUID(), newUUID()}
 			var wg sync.WaitGroup
 			for _, sub := range users {

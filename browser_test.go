@@ -33,13 +33,8 @@ const artifactsDir = "testdata/artifacts"
 // no console error, and that a tampered asset is refused: the SRI hashes are
 // enforced, not decoration.
 func TestDocsBrowser(t *testing.T) {
-	if _, err := os.Stat(chromiumBinary); err != nil {
-		t.Fatalf("Chromium is not installed at %s: run `make services` (it installs the chromium package)", chromiumBinary)
-	}
-	driverPath, err := exec.LookPath("chromedriver")
-	if err != nil {
-		t.Fatalf("chromedriver is not installed: run `make services` (it installs the chromium-driver package)")
-	}
+	requireTool(t, chromiumBinary, "make services-test")
+	driverPath := requireTool(t, "chromedriver", "make services-test")
 	requireRedis(t)
 	modules := toolsModules(t)
 	if err := os.MkdirAll(artifactsDir, 0o755); err != nil {

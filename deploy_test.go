@@ -158,9 +158,7 @@ func httptest503(t *testing.T, status int) string {
 // that the executable exists) and checks the sandbox directives.
 func TestSystemdUnitVerifies(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Fatalf("systemd-analyze is not installed: run `make services` (it installs the systemd package)")
-	}
+	systemdAnalyze := requireTool(t, "systemd-analyze", "make services-test")
 	unit, err := os.ReadFile("deploy/zenspa.service")
 	mustf(t, err, "read the unit")
 	for _, want := range []string{
@@ -180,7 +178,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	copyUnit := filepath.Join(dir, "zenspa.service")
 	err = os.WriteFile(copyUnit, bytes.ReplaceAll(unit, []byte("/usr/local/bin/zenspa"), []byte(bin)), 0o644)
 	mustf(t, err, "write the unit copy")
-	out, err := exec.Command("systemd-analyze", "verify", copyUnit).CombinedOutput()
+	out, err := exec.Command(systemdAnalyze, "verify", copyUnit).CombinedOutput()
 	if err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Errorf("systemd-analyze verify: %v, output %q; want success and no output", err, out)
 	}
@@ -190,11 +188,9 @@ func TestSystemdUnitVerifies(t *testing.T) {
 // logrotate's own parser.
 func TestLogrotateConfigParses(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("logrotate"); err != nil {
-		t.Fatalf("logrotate is not installed: run `make services` (it installs the logrotate package)")
-	}
+	logrotate := requireTool(t, "logrotate", "make services-test")
 	state := filepath.Join(t.TempDir(), "state")
-	out, err := exec.Command("logrotate", "--debug", "--state", state, "deploy/zenspa.logrotate").CombinedOutput()
+	out, err := exec.Command(logrotate, "--debug", "--state", state, "deploy/zenspa.logrotate").CombinedOutput()
 	if err != nil || bytes.Contains(bytes.ToLower(out), []byte("error")) {
 		t.Errorf("logrotate --debug deploy/zenspa.logrotate: %v\n%s", err, out)
 	}
@@ -454,9 +450,7 @@ func TestPgBouncerTransactionMode(t *testing.T) {
 // front of dbURL's server and returns dbURL rewritten to go through it.
 func startPgBouncer(t *testing.T, dbURL string) string {
 	t.Helper()
-	if _, err := exec.LookPath("pgbouncer"); err != nil {
-		t.Fatalf("pgbouncer is not installed: run `make services` (it installs the pgbouncer package)")
-	}
+	pgbouncer := requireTool(t, "pgbouncer", "make services-test")
 	u, err := url.Parse(dbURL)
 	mustf(t, err, "parse the test database URL")
 	password, _ := u.User.Password()
@@ -488,7 +482,7 @@ ignore_startup_parameters = extra_float_digits
 	if os.Geteuid() == 0 {
 		args = []string{"-u", "nobody", ini} // pgbouncer refuses to run as root
 	}
-	cmd := exec.Command("pgbouncer", args...)
+	cmd := exec.Command(pgbouncer, args...)
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	mustf(t, cmd.Start(), "start pgbouncer")

@@ -675,14 +675,12 @@ func TestDocsConfig(t *testing.T) {
 	}
 }
 
-// toolsModules returns tools/node_modules, failing the test when `make
-// tools` has not installed it.
+// toolsModules returns tools/node_modules, where `make tools` installs the
+// pinned npm packages (see requireTool for a missing one).
 func toolsModules(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join("tools", "node_modules")
-	if _, err := os.Stat(filepath.Join(dir, "redoc", "package.json")); err != nil {
-		t.Fatalf("the pinned npm tools are not installed (%v): run `make tools`", err)
-	}
+	requireTool(t, filepath.Join(dir, "redoc", "package.json"), "make tools")
 	return dir
 }
 

@@ -130,6 +130,39 @@ func requireRedis(t testing.TB) {
 	c.Close()
 }
 
+// requireToolsEnv is the variable `make test` sets to 1: a missing tool then
+// fails the test that needs it instead of skipping it, so that CI runs all.
+const requireToolsEnv = "ZENSPA_REQUIRE_TOOLS"
+
+// requireTool returns the path of name, a program looked up on PATH and then
+// in /usr/sbin and /sbin (where Debian puts pgbouncer and logrotate, off a
+// normal user's PATH), or a file when name holds a slash. A missing tool
+// skips the test with a message naming the make target that installs it, so
+// that a plain `go test ./...` needs only PostgreSQL and Redis; with
+// ZENSPA_REQUIRE_TOOLS=1 it fails the test instead.
+func requireTool(t testing.TB, name, makeTarget string) string {
+	t.Helper()
+	var missing string
+	if strings.Contains(name, "/") {
+		if _, err := os.Stat(name); err == nil {
+			return name
+		}
+		missing = name + " not found"
+	} else {
+		for _, candidate := range []string{name, "/usr/sbin/" + name, "/sbin/" + name} {
+			if path, err := exec.LookPath(candidate); err == nil {
+				return path
+			}
+		}
+		missing = name + " not found on PATH, in /usr/sbin or in /sbin"
+	}
+	if os.Getenv(requireToolsEnv) == "1" {
+		t.Fatalf("%s: run `%s` (%s=1: a missing tool fails the test)", missing, makeTarget, requireToolsEnv)
+	}
+	t.Skipf("%s: run `%s` to install it", missing, makeTarget)
+	return ""
+}
+
 // testVars is the configuration every test starts from: an empty ENV_FILE
 // (no developer's .env is read), databaseURL, the shared Redis, DEBUG logs
 // and quick failures. The KEY=VALUE pairs in kv override it; a bare KEY

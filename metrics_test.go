@@ -25,7 +25,6 @@ import (
 func TestMetricsScrape(t *testing.T) {
 	t.Parallel()
 	requireRedis(t)
-	promtool := requirePromtool(t)
 	before := time.Now()
 	cfg := testConfig(t, newTestDatabase(t), "ENVIRONMENT=production", "APP_VERSION=9.8.7-metrics",
 		"DB_POOL_SIZE=3", "DB_MAX_OVERFLOW=4", "HEALTH_CACHE_TTL=1m")
@@ -152,6 +151,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 
 	t.Run("promtool", func(t *testing.T) {
+		promtool := requireTool(t, "promtool", "make services-test")
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = strings.NewReader(second.text)
 		out, err := cmd.CombinedOutput()
@@ -487,17 +487,6 @@ func benchmarkChain(b *testing.B, enabled bool) {
 			b.Errorf("counted %d requests, want %d", got, b.N)
 		}
 	}
-}
-
-// requirePromtool returns the path of promtool, failing the test when it is
-// not installed.
-func requirePromtool(t testing.TB) string {
-	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatalf("promtool is not installed: run `make services` (it installs the prometheus package, which has promtool)")
-	}
-	return path
 }
 
 // scrapeMetrics gets base/metrics over HTTP, checks the status and content

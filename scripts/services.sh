@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # services.sh makes sure what zenspa needs is here and running: a PostgreSQL
-# and a Redis answering on 127.0.0.1, and the zenspa role and database.
-# With --test (make test) also the zenspa_test role and the tools the tests
-# call: gcc for the race detector, pgbouncer, systemd-analyze, logrotate,
-# promtool, node/npm and Chromium; with --bench (make bench) also wrk, the
-# load generator. What already runs is only used, never restarted; what is
-# missing is installed from the OS packages (Debian's names) and started.
+# and a Redis answering on 127.0.0.1, PostgreSQL's server programs (initdb,
+# pg_ctl) for the tests' private servers, the zenspa role and database, and
+# the zenspa_test role, which is all a plain `go test ./...` needs.
+# With --test (make test) also the tools the other tests call: gcc for the
+# race detector, pgbouncer, systemd-analyze, logrotate, promtool, node/npm,
+# Chromium, HAProxy and PyJWT; with --dev (make dev) inotifywait; with
+# --bench (make bench) wrk, the load generator. What already runs is only
+# used, never restarted; what is missing is installed from the OS packages
+# (Debian's names) and started, through sudo when we are not root.
 set -euo pipefail
 
 for_tests=
+for_dev=
 for_bench=
 case "${1:-}" in
 --test) for_tests=1 ;;
+--dev) for_dev=1 ;;
 --bench) for_bench=1 ;;
 "") ;;
 *)
-	echo "usage: services.sh [--test|--bench]" >&2
+	echo "usage: services.sh [--test|--dev|--bench]" >&2
 	exit 2
 	;;
 esac
+# invocation is how to run this again by hand, for the messages.
+invocation="bash scripts/services.sh${1:+ $1}"
 
 PG_PORT=5432
 REDIS_PORT=6379
@@ -32,16 +39,33 @@ TEST_PASSWORD=zenspa-test-pw-SENTINEL-7c1e9a
 
 log() { echo "services: $*" >&2; }
 
-# as_root runs a command as root, through sudo when we are not root.
+# as_root runs a command as root: directly when we are root, else through
+# sudo, which asks for the password when stdin is a terminal. Without one
+# (CI, a pipe) sudo must need no password, or we stop saying what to do.
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then
 		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
+	elif ! command -v sudo >/dev/null 2>&1; then
+		log "need root to run: $*"
+		log "sudo is not installed: run \`$invocation\` once as root"
+		exit 1
+	elif sudo -n true 2>/dev/null; then
 		sudo -n "$@"
+	elif [ -t 0 ] && [ -z "${CI:-}" ]; then
+		log "need root, through sudo, to run: $*"
+		sudo "$@"
 	else
-		log "need root (or sudo) to run: $*"
+		log "need root to run: $*"
+		log "sudo wants $(id -un)'s password and there is no terminal to ask on (stdin is not a tty${CI:+, or CI is set}):"
+		log "run \`$invocation\` once in a terminal (sudo asks there), or give $(id -un) passwordless sudo"
 		exit 1
 	fi
+}
+
+# have reports whether a program is installed: on PATH, or in /usr/sbin or
+# /sbin, which Debian uses for daemons and a normal user's PATH lacks.
+have() {
+	command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
 }
 
 apt_updated=
@@ -79,7 +103,11 @@ ensure_postgres() {
 			as_root service postgresql start
 		wait_for "$PG_PORT" PostgreSQL
 	fi
-	command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+	have psql || apt_install postgresql-client
+	# The tests start private servers with initdb and pg_ctl, which only the
+	# server package has (in /usr/lib/postgresql/VERSION/bin, off PATH), also
+	# where the PostgreSQL on the port runs elsewhere, in a container say.
+	compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_install postgresql
 
 	# A server where both already log in needs no superuser of ours (a
 	# PostgreSQL in a container, say); otherwise the roles and the database
@@ -91,10 +119,24 @@ ensure_postgres() {
 			psql_admin -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
 		fi
 	fi
-	if [ -n "$for_tests" ] && ! can_login "$TEST_USER" "$TEST_PASSWORD" postgres; then
+	if ! can_login "$TEST_USER" "$TEST_PASSWORD" postgres; then
 		ensure_role "$TEST_USER" "$TEST_PASSWORD"
 		# The tests' password is a known value: set it even on an old role.
 		psql_admin -c "ALTER ROLE $TEST_USER LOGIN CREATEDB PASSWORD '$TEST_PASSWORD'" >/dev/null
+	fi
+	# A query run as a signed-in user takes Supabase's role authenticated
+	# (withUserTx in auth.go). Supabase has it; here it is created, and both
+	# roles may take it.
+	local member
+	member=$(PGPASSWORD="$TEST_PASSWORD" psql -w -X -h 127.0.0.1 -p "$PG_PORT" -U "$TEST_USER" -d postgres -Atc \
+		"SELECT pg_has_role('$TEST_USER', 'authenticated', 'MEMBER') AND pg_has_role('$DB_USER', 'authenticated', 'MEMBER')" 2>/dev/null || true)
+	if [ "$member" != t ]; then
+		log "creating the role authenticated"
+		psql_admin -c "DO \$\$ BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+				CREATE ROLE authenticated NOLOGIN;
+			END IF; END \$\$;" >/dev/null
+		psql_admin -c "SET client_min_messages = warning; GRANT authenticated TO $DB_USER, $TEST_USER" >/dev/null
 	fi
 }
 
@@ -122,7 +164,7 @@ psql_admin() {
 }
 
 ensure_redis() {
-	command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+	have redis-server || apt_install redis-server
 	if ! port_open "$REDIS_PORT"; then
 		log "starting Redis"
 		redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
@@ -134,36 +176,50 @@ ensure_redis() {
 ensure_tools() {
 	local missing=()
 	# go test -race needs cgo, so a C compiler.
-	command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+	have gcc || missing+=(gcc libc6-dev)
 	# The deployment tests: PgBouncer in transaction mode, the unit file
 	# checked by systemd-analyze, the logrotate rule parsed by logrotate.
-	command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
-	command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-	command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+	have pgbouncer || missing+=(pgbouncer)
+	have systemd-analyze || missing+=(systemd)
+	have logrotate || missing+=(logrotate)
 	# The docs: npm installs the pinned OpenAPI linter and UI packages
 	# (`make tools`); headless Chromium, driven through chromedriver, opens
 	# /docs and /redoc.
-	command -v node >/dev/null 2>&1 || missing+=(nodejs)
-	command -v npm >/dev/null 2>&1 || missing+=(npm)
+	have node || missing+=(nodejs)
+	have npm || missing+=(npm)
 	[ -x /usr/bin/chromium ] || missing+=(chromium)
-	command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+	have chromedriver || missing+=(chromium-driver)
 	# The metrics test lints a /metrics scrape with promtool, which Debian
 	# ships in the prometheus package.
-	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+	have promtool || missing+=(prometheus)
+	# The load-balancer tests put HAProxy in front of zenspa.
+	have haproxy || missing+=(haproxy)
+	# The token tests run Debian's own interpreter with PyJWT: the python3
+	# first on PATH may be another one, without Debian's modules.
+	/usr/bin/python3 -c 'import jwt' 2>/dev/null || missing+=(python3-jwt)
+	/usr/bin/python3 -c 'import cryptography' 2>/dev/null || missing+=(python3-cryptography)
 	if [ ${#missing[@]} -gt 0 ]; then
 		apt_install "${missing[@]}"
 	fi
 }
 
+# ensure_dev_tools installs inotifywait, which scripts/dev.sh waits on.
+ensure_dev_tools() {
+	have inotifywait || apt_install inotify-tools
+}
+
 # ensure_bench_tools installs wrk, which bench/bench.sh drives.
 ensure_bench_tools() {
-	command -v wrk >/dev/null 2>&1 || apt_install wrk
+	have wrk || apt_install wrk
 }
 
 ensure_postgres
 ensure_redis
 if [ -n "$for_tests" ]; then
 	ensure_tools
+fi
+if [ -n "$for_dev" ]; then
+	ensure_dev_tools
 fi
 if [ -n "$for_bench" ]; then
 	ensure_bench_tools
