@@ -189,6 +189,7 @@ func TestTreatmentsCRUD(t *testing.T) {
 	if status != http.StatusNotFound {
 		t.Errorf("PATCH after DELETE = %d %s, want 404", status, body)
 	}
+	wantErrorEnvelope(t, "PATCH after DELETE", h, body, codeNotFound)
 	second := m.create(t, `{"name":"Gội đầu dưỡng sinh","duration_minutes":45,"price":200000,"currency":"USD","active":false}`)
 	if second.Currency != "USD" || second.Active {
 		t.Errorf("created = %+v, want currency USD and inactive as sent", second)
