@@ -23,8 +23,10 @@ LDFLAGS := -s -w -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT) -
 
 .PHONY: run dev test services services-test build lint vet fmt-check staticcheck preflight clean tools lint-openapi test-browser fuzz bench
 
-## run: start the services, write .env if missing, build and serve on :8000
+## run: start the services, write .env if missing, build, apply the
+## migrations and serve on :8000
 run: preflight services .env build
+	./$(BINARY) migrate up
 	./$(BINARY)
 
 ## dev: like run, and rebuild and restart the server whenever a .go, .sql or
