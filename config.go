@@ -242,12 +242,18 @@ func (p *parser) integer(key string, def, lo, hi int) int {
 	if v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
+	n, ok := wholeNumber(v, lo, hi)
+	if !ok {
 		p.fail(key, "must be a whole number from %d to %d, got %q", lo, hi, v)
 		return def
 	}
 	return n
+}
+
+// wholeNumber parses v as a whole number from lo to hi.
+func wholeNumber(v string, lo, hi int) (int, bool) {
+	n, err := strconv.Atoi(v)
+	return n, err == nil && n >= lo && n <= hi
 }
 
 // duration accepts Go syntax ("500ms", "2s") or a bare number of seconds.

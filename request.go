@@ -228,8 +228,8 @@ func (q *queryParams) integer(name string, def, lo, hi int) int {
 	if v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
+	n, ok := wholeNumber(v, lo, hi)
+	if !ok {
 		q.add(name, "must be a whole number from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
 		return def
 	}

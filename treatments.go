@@ -177,17 +177,12 @@ func createTreatment(ctx context.Context, db *database, in treatmentInput) (trea
 }
 
 // updateTreatment changes the fields of in, provided the treatment is still
-// the version whose ETag the client names in If-Match (check). The row is
-// locked from the read to the write, so two receptionists cannot both
-// change the version they read.
+// the version whose ETag the client names in If-Match (see lockTreatment).
 func updateTreatment(ctx context.Context, db *database, id string, in treatmentInput, check func(etag string) error) (treatment, error) {
 	var t treatment
 	err := db.withTx(ctx, func(tx statements) error {
-		err := tx.queryRow(ctx, `SELECT `+treatmentColumns+` FROM treatments WHERE id = $1 FOR UPDATE`, []any{id}, t.dest()...)
-		if err != nil {
-			return err
-		}
-		if err := check(etag(t.inUTC())); err != nil {
+		var err error
+		if t, err = lockTreatment(ctx, tx, id, check); err != nil {
 			return err
 		}
 		in.apply(&t)
@@ -201,17 +196,25 @@ func updateTreatment(ctx context.Context, db *database, id string, in treatmentI
 // deleteTreatment removes a treatment, under the same If-Match rule.
 func deleteTreatment(ctx context.Context, db *database, id string, check func(etag string) error) error {
 	return db.withTx(ctx, func(tx statements) error {
-		var t treatment
-		err := tx.queryRow(ctx, `SELECT `+treatmentColumns+` FROM treatments WHERE id = $1 FOR UPDATE`, []any{id}, t.dest()...)
-		if err != nil {
+		if _, err := lockTreatment(ctx, tx, id, check); err != nil {
 			return err
 		}
-		if err := check(etag(t.inUTC())); err != nil {
-			return err
-		}
-		_, err = tx.exec(ctx, `DELETE FROM treatments WHERE id = $1`, id)
+		_, err := tx.exec(ctx, `DELETE FROM treatments WHERE id = $1`, id)
 		return err
 	})
+}
+
+// lockTreatment reads a treatment for a write and locks its row until the
+// transaction ends, then asks check (If-Match) whether the client's version
+// is still current: two receptionists cannot both change the version they
+// read.
+func lockTreatment(ctx context.Context, tx statements, id string, check func(etag string) error) (treatment, error) {
+	var t treatment
+	err := tx.queryRow(ctx, `SELECT `+treatmentColumns+` FROM treatments WHERE id = $1 FOR UPDATE`, []any{id}, t.dest()...)
+	if err != nil {
+		return t, err
+	}
+	return t, check(etag(t.inUTC()))
 }
 
 // handleListTreatments answers GET /api/v1/treatments?limit=&cursor=&active=.
