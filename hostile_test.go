@@ -82,10 +82,11 @@ func TestHostileInput(t *testing.T) {
 	t.Parallel()
 	port := strconv.Itoa(freePort(t))
 	addr := net.JoinHostPort("127.0.0.1", port)
-	child := startChild(t, zenspaBinary(t), childEnv(t, newTestDatabase(t), "HOST=127.0.0.1", "PORT="+port, "LOG_LEVEL=DEBUG"))
+	p := newProject(t)
+	child := startChild(t, zenspaBinary(t), childEnv(t, newMigratedDatabase(t), append(p.env(), "HOST=127.0.0.1", "PORT="+port, "LOG_LEVEL=DEBUG")...))
 	child.waitServing(t, "http://"+addr+"/health/ready")
 
-	corpus := hostileCorpus()
+	corpus := hostileCorpus(p.token(t, algES256, p.manager()))
 	if len(corpus) < 200 {
 		t.Fatalf("hostile corpus has %d cases, want at least 200", len(corpus))
 	}
@@ -325,7 +326,7 @@ func hostileSlowloris(t *testing.T, addr, name, prefix string) {
 }
 
 // hostileCorpus builds the cases: tables of templates × variants.
-func hostileCorpus() []hostileCase {
+func hostileCorpus(managerToken string) []hostileCase {
 	var cases []hostileCase
 	add := func(c hostileCase) { cases = append(cases, c) }
 	request := func(method, target, version string, headers ...string) []byte {
@@ -487,6 +488,49 @@ func hostileCorpus() []hostileCase {
 	add(hostileCase{name: "1 MB of headers", payload: request("GET", "/health", "HTTP/1.1", strings.Repeat("X-N: v\r\n", 1<<17)+"X-End: 1")})
 	add(hostileCase{name: "100 KB method", payload: request(strings.Repeat("M", 100<<10), "/", "HTTP/1.1")})
 	add(hostileCase{name: "1 MB line without newline", closeWrite: true, payload: []byte("GET /" + strings.Repeat("x", 1<<20))})
+
+	// The treatment menu: bad parameters, bad tokens, and, with a manager's
+	// token, bodies no reader should choke on. Each is a 4xx.
+	for _, q := range []string{"?limit=-1", "?limit=99999999999999999999", "?limit=%00", "?limit=1&limit=1", "?active=%ff",
+		"?cursor=%00", "?cursor=" + strings.Repeat("A", 50<<10), "?cursor=e30.AAAA", "?cursor=W10.AAAAAAAAAAAAAAAAAAAAAA", "?%zz=1"} {
+		add(hostileCase{name: "treatments query " + q[:min(len(q), 24)], payload: request("GET", "/api/v1/treatments"+q, "HTTP/1.1")})
+	}
+	for _, id := range []string{"x", "%00", strings.Repeat("f", 10<<10), "00000000-0000-0000-0000-00000000000%00", "..%2f..%2fetc"} {
+		add(hostileCase{name: "treatment id " + id[:min(len(id), 24)], payload: request("GET", "/api/v1/treatments/"+id, "HTTP/1.1")})
+	}
+	withBody := func(method, target, contentType, token, body string) []byte {
+		headers := []string{"Content-Length: " + strconv.Itoa(len(body))}
+		if contentType != "" {
+			headers = append(headers, "Content-Type: "+contentType)
+		}
+		if token != "" {
+			headers = append(headers, "Authorization: "+token)
+		}
+		return append(request(method, target, "HTTP/1.1", headers...), body...)
+	}
+	goodBody := `{"name":"Spa","duration_minutes":60,"price":1}`
+	for _, token := range []string{"", "Bearer", "Bearer x.y.z", "Basic " + strings.Repeat("a", 100), "Bearer " + strings.Repeat("a.", 5000),
+		"Bearer " + strings.Repeat("A", 9<<10) + ".e30.AA", "bearer \x00\x01", "Bearer " + managerToken[:len(managerToken)-3] + "AAA"} {
+		add(hostileCase{name: fmt.Sprintf("treatments POST token %.20q", token), payload: withBody("POST", "/api/v1/treatments", "application/json", token, goodBody)})
+	}
+	manager := "Bearer " + managerToken
+	for _, body := range []string{"", "null", "[]", `"x"`, "{", "}", strings.Repeat("[", 100000) + strings.Repeat("]", 100000),
+		`{"name":` + strings.Repeat(`{"a":`, 20000) + "1" + strings.Repeat("}", 20000) + `}`, "\ufeff" + goodBody, goodBody + goodBody,
+		`{"name":"\ud800","duration_minutes":60,"price":1}`, `{"name":"` + strings.Repeat("x", 900<<10) + `","duration_minutes":60,"price":1}`,
+		`{"name":"Spa","duration_minutes":1e999999,"price":1}`, `{"name":"Spa","duration_minutes":-0.0,"price":-9223372036854775809}`,
+		`{"name":"Spa","duration_minutes":60,"price":1,"name":"Spa"}`, `{"__proto__":{},"name":"Spa","duration_minutes":60,"price":1}`,
+		`{"name":"Spa\u0000","duration_minutes":60,"price":1}`, "{\"name\":\"Sp\xffa\",\"duration_minutes\":60,\"price\":1}"} {
+		add(hostileCase{name: fmt.Sprintf("treatments POST body %.24q", body), payload: withBody("POST", "/api/v1/treatments", "application/json", manager, body)})
+	}
+	for _, ct := range []string{"", "text/plain", "application/json; charset", "application/jsonx", "multipart/form-data; boundary=x", strings.Repeat("a", 10<<10)} {
+		add(hostileCase{name: fmt.Sprintf("treatments POST type %.20q", ct), payload: withBody("POST", "/api/v1/treatments", ct, manager, goodBody)})
+	}
+	for _, method := range []string{"PATCH", "DELETE"} {
+		for _, id := range []string{newUUID(), "nope"} {
+			add(hostileCase{name: "treatments " + method + " " + id[:4], payload: withBody(method, "/api/v1/treatments/"+id, "application/json", manager, `{"price":"x"}`)})
+		}
+	}
+	add(hostileCase{name: "treatments PATCH If-Match junk", payload: withBody("PATCH", "/api/v1/treatments/"+newUUID(), "application/json", manager, "{}")})
 	return cases
 }
 

@@ -140,6 +140,12 @@ func (b *jsonBody) text(field string, required bool) *string {
 		b.add(field, "must not contain the NUL character")
 		return nil
 	}
+	// encoding/json turns an escaped lone surrogate ("\ud800") into U+FFFD:
+	// the text would not be stored as sent.
+	if strings.Count(s, "\uFFFD") > bytes.Count(raw, []byte("\uFFFD"))+strings.Count(strings.ToLower(string(raw)), `\ufffd`) {
+		b.add(field, "must be valid Unicode: a \\u escape names half a character")
+		return nil
+	}
 	return &s
 }
 

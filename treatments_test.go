@@ -276,6 +276,8 @@ func TestTreatmentsBadInput(t *testing.T) {
 		{"a 10 MB number", "POST", `{"name":"Spa","duration_minutes":60,"price":` + strings.Repeat("9", 10<<20) + `}`, "", 413, codePayloadTooLarge, nil},
 		{"NUL in a string", "POST", `{"name":"Spa\u0000x","duration_minutes":60,"price":1}`, "", 422, codeValidation, []string{"name"}},
 		{"NUL in the description", "POST", `{"name":"Spa","description":"a\u0000","duration_minutes":60,"price":1}`, "", 422, codeValidation, []string{"description"}},
+		{"a lone surrogate", "POST", `{"name":"Spa \ud800","duration_minutes":60,"price":1}`, "", 422, codeValidation, []string{"name"}},
+		{"a real U+FFFD", "POST", `{"name":"Spa \ufffd �","duration_minutes":60,"price":1}`, "", 201, "", nil},
 		{"not UTF-8", "POST", "{\"name\":\"Spa \xff\",\"duration_minutes\":60,\"price\":1}", "", 422, codeValidation, []string{""}},
 		{"rules", "POST", `{"name":"   ","description":"` + strings.Repeat("d", 2001) + `","duration_minutes":7,"price":-1,"currency":"vnd"}`, "", 422, codeValidation,
 			[]string{"name", "description", "duration_minutes", "price", "currency"}},
