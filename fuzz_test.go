@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // Fuzz targets. `go test` runs their seeds; explore with, for example,
@@ -335,6 +338,49 @@ func FuzzNormalizeOrigin(f *testing.F) {
 		}
 		if again, err := normalizeOrigin(got); err != nil || again != got {
 			t.Errorf("normalizeOrigin(%q) = %q, %v, want %q (idempotent)", got, again, err, got)
+		}
+	})
+}
+
+// FuzzReadTreatmentInput: whatever the body, reading it never panics, a
+// refusal is a 4xx *apiError, and what is accepted keeps every rule the
+// database would otherwise enforce.
+func FuzzReadTreatmentInput(f *testing.F) {
+	for _, seed := range []string{
+		`{"name":"Massage đá nóng 90 phút","duration_minutes":90,"price":650000}`,
+		`{"name":" x ","description":"","duration_minutes":5,"price":0,"currency":"USD","active":false}`,
+		`{"name":"\ud800","duration_minutes":60,"price":1}`, `{"price":1.5}`, `{}`, `[]`, `{"a":1} x`, "",
+	} {
+		f.Add([]byte(seed), false)
+		f.Add([]byte(seed), true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, partial bool) {
+		r := httptest.NewRequest(http.MethodPost, "/api/v1/treatments", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		in, err := readTreatmentInput(r, partial)
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) || statusOf[ae.Code] < 400 || statusOf[ae.Code] > 499 {
+				t.Fatalf("readTreatmentInput(%q) = %v, want a 4xx *apiError", body, err)
+			}
+			return
+		}
+		if !partial && (in.Name == nil || in.DurationMinutes == nil || in.Price == nil) {
+			t.Fatalf("readTreatmentInput(%q) accepted a POST without its required fields: %+v", body, in)
+		}
+		for _, s := range []*string{in.Name, in.Description, in.Currency} {
+			if s != nil && (!utf8.ValidString(*s) || strings.ContainsRune(*s, 0)) {
+				t.Fatalf("readTreatmentInput(%q) accepted %q", body, *s)
+			}
+		}
+		if in.Name != nil && (*in.Name != strings.TrimSpace(*in.Name) || *in.Name == "" || utf8.RuneCountInString(*in.Name) > 120) {
+			t.Fatalf("readTreatmentInput(%q) accepted the name %q", body, *in.Name)
+		}
+		if d := in.DurationMinutes; d != nil && (*d < 5 || *d > 480 || *d%5 != 0) {
+			t.Fatalf("readTreatmentInput(%q) accepted duration %d", body, *d)
+		}
+		if p := in.Price; p != nil && *p < 0 {
+			t.Fatalf("readTreatmentInput(%q) accepted price %d", body, *p)
 		}
 	})
 }
