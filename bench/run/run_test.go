@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +120,9 @@ func TestCheckCases(t *testing.T) {
 func TestCheckComparisons(t *testing.T) {
 	if err := checkComparisons(comparisons, cases); err != nil {
 		t.Fatalf("checkComparisons(comparisons, cases) = %v, want nil", err)
+	}
+	if want := "{after row " + strconv.Itoa(deepRow) + "}"; !strings.HasSuffix(deepPage, want) {
+		t.Errorf("deepPage = %q, want it to end in %q, the row fixture.go pages to", deepPage, want)
 	}
 	good := comparison{target: "t", of: firstPage, to: deepPage, max: 1.2}
 	for _, tc := range []struct {
