@@ -117,7 +117,7 @@ fuzz: preflight
 
 ## bench: the load benchmark in BENCHMARKS.md, not part of `make test`: wrk
 ## against a `make build` binary and the net/http baselines of bench/ (a Go
-## module of its own), about seven minutes. BENCH_ARGS go to bench/run, for
+## module of its own), about sixteen minutes. BENCH_ARGS go to bench/run, for
 ## example BENCH_ARGS='-rounds 1'.
 BENCH_ARGS ?=
 bench:

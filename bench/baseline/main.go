@@ -11,28 +11,49 @@
 // the targets are judged against; without either, the bare baseline, shown
 // for information.
 //
+// The treatment routes run zenspa's SQL on -database-url with zenspa's pool
+// sizes, and read zenspa's cache entries in Redis at -redis-addr unless
+// -cache-ttl is 0 (treatments.go). Neither is reached before a request
+// needs it.
+//
 //	baseline -addr 127.0.0.1:8099 [-headers] [-limits] [-redis-addr HOST:PORT]
+//	         [-database-url URL] [-cache-ttl 60s]
 package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
+	_ "github.com/lib/pq"
+)
+
+// zenspa's pool sizes with the default configuration: DB_POOL_SIZE idle
+// connections and DB_MAX_OVERFLOW more open, REDIS_POOL_SIZE to Redis.
+const (
+	dbPoolSize    = 10
+	dbMaxOverflow = 10
+	redisPoolSize = 10
 )
 
 // options are the command-line settings.
 type options struct {
-	addr      string
-	headers   bool
-	limits    bool
-	redisAddr string // the address /health/redis names, as zenspa's does
+	addr        string
+	headers     bool
+	limits      bool
+	redisAddr   string // the address /health/redis names and the cache uses
+	databaseURL string
+	cacheTTL    time.Duration // 0: GET /api/v1/treatments/{id} reads PostgreSQL only
 }
 
 func main() {
@@ -40,7 +61,9 @@ func main() {
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:8099", "address to listen on")
 	flag.BoolVar(&o.headers, "headers", false, "also send the response headers zenspa must send")
 	flag.BoolVar(&o.limits, "limits", false, "apply zenspa's server limits")
-	flag.StringVar(&o.redisAddr, "redis-addr", "127.0.0.1:6379", "the Redis address zenspa's /health/redis reports")
+	flag.StringVar(&o.redisAddr, "redis-addr", "127.0.0.1:6379", "the Redis of zenspa's cache, which its /health/redis reports")
+	flag.StringVar(&o.databaseURL, "database-url", "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa_bench?sslmode=disable", "zenspa's DATABASE_URL")
+	flag.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "zenspa's CACHE_TTL: how long an entry stored on a miss lives; 0: no cache")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		flag.Usage()
@@ -60,7 +83,20 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	h := routes(o)
+	db, err := openDB(o.databaseURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	pool := &redis.Pool{
+		MaxIdle:   redisPoolSize,
+		MaxActive: redisPoolSize,
+		Wait:      true,
+		Dial:      func() (redis.Conn, error) { return redis.Dial("tcp", o.redisAddr) },
+	}
+	defer pool.Close()
+
+	h := routes(o, db, pool)
 	if o.headers {
 		h = withHeaders(h)
 	}
@@ -85,4 +121,23 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	return nil
+}
+
+// openDB opens a lib/pq pool sized as zenspa's, which sends each query with
+// its parameters in one round trip (binary_parameters=yes) as zenspa does.
+func openDB(databaseURL string) (*sql.DB, error) {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("-database-url: %w", err)
+	}
+	q := u.Query()
+	q.Set("binary_parameters", "yes")
+	u.RawQuery = q.Encode()
+	db, err := sql.Open("postgres", u.String())
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxIdleConns(dbPoolSize)
+	db.SetMaxOpenConns(dbPoolSize + dbMaxOverflow)
+	return db, nil
 }

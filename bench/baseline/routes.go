@@ -2,22 +2,29 @@ package main
 
 import (
 	"crypto/rand"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 // routes lists every path the baseline answers, one per zenspa route that a
 // case of bench/run measures. A new case adds its handler here; one that
-// needs PostgreSQL or Redis gets a *sql.DB (lib/pq) or a *redis.Pool
-// (redigo) that run opens from a flag, and runs the same query or command
-// zenspa runs, plainly.
-func routes(o options) http.Handler {
+// needs PostgreSQL or Redis uses db (lib/pq) or pool (redigo), which run
+// opens from the flags, and runs the same query or command zenspa runs,
+// plainly.
+func routes(o options, db *sql.DB, pool *redis.Pool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", health)
 	mux.HandleFunc("GET /health/db", healthDB)
 	mux.Handle("GET /health/redis", healthRedis(o.redisAddr))
+	mux.Handle("GET /api/v1/treatments", listTreatments(db))
+	mux.Handle("GET /api/v1/treatments/{id}", getTreatment(db, pool, o.cacheTTL))
+	mux.Handle("POST /api/v1/treatments", createTreatment(db))
 	return mux
 }
 
@@ -53,12 +60,12 @@ func newHealthBody() healthBody {
 
 // health answers zenspa's GET /health.
 func health(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, newHealthBody())
+	writeJSON(w, http.StatusOK, newHealthBody())
 }
 
 // healthDB answers zenspa's GET /health/db when PostgreSQL is up.
 func healthDB(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, struct {
+	writeJSON(w, http.StatusOK, struct {
 		healthBody
 		Database       string  `json:"database"`
 		Connected      bool    `json:"connected"`
@@ -69,7 +76,7 @@ func healthDB(w http.ResponseWriter, _ *http.Request) {
 // healthRedis answers zenspa's GET /health/redis when Redis at addr is up.
 func healthRedis(addr string) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, struct {
+		writeJSON(w, http.StatusOK, struct {
 			healthBody
 			Redis          string  `json:"redis"`
 			Connected      bool    `json:"connected"`
@@ -78,16 +85,20 @@ func healthRedis(addr string) http.HandlerFunc {
 	}
 }
 
-// writeJSON answers 200 with v as JSON and a newline, as zenspa's writeJSON
-// does. net/http adds Content-Length, the body being small.
-func writeJSON(w http.ResponseWriter, v any) {
+// writeJSON answers status with v as JSON and a newline, with its length,
+// as zenspa's writeJSON does: net/http would send a body over 2 KB (a page
+// of the menu) chunked instead.
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		http.Error(w, "cannot encode the body", http.StatusInternalServerError)
 		return
 	}
+	b = append(b, '\n')
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(append(b, '\n'))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
 }
 
 // withHeaders sets the headers zenspa sends on every answer, but for
@@ -95,7 +106,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 func withHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("X-Request-ID", newRequestID())
+		h.Set("X-Request-ID", newUUID())
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-XSS-Protection", "1; mode=block")
@@ -107,9 +118,9 @@ func withHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// newRequestID returns a random UUID version 4, as zenspa sends when the
-// request brings no ID of its own.
-func newRequestID() string {
+// newUUID returns a random UUID version 4: the X-Request-ID zenspa sends when
+// the request brings none, and the id of a new treatment.
+func newUUID() string {
 	var u [16]byte
 	_, _ = rand.Read(u[:])  // since Go 1.24 it never returns an error
 	u[6] = u[6]&0x0f | 0x40 // version 4

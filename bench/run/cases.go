@@ -13,7 +13,9 @@ import (
 // The servers the cases name.
 const (
 	zenspaServer        = "zenspa"
+	zenspaCacheOff      = "zenspa CACHE_TTL=0"
 	withHeadersBaseline = "with-headers baseline"
+	baselineCacheOff    = "with-headers baseline, no cache"
 	bareBaseline        = "bare baseline"
 )
 
@@ -27,11 +29,13 @@ type serverSpec struct {
 }
 
 // servers are started once each, before the first case, in this order. A
-// zenspa with other settings (the cache off, say) is one more line with env;
-// a baseline that needs PostgreSQL or Redis gets the flags that tell it where.
+// zenspa with other settings is one more line with env; every baseline is
+// told where the bench database and Redis are (servers.go).
 var servers = []serverSpec{
 	{name: zenspaServer, zenspa: true},
+	{name: zenspaCacheOff, zenspa: true, env: []string{"CACHE_TTL=0"}},
 	{name: withHeadersBaseline, args: []string{"-headers", "-limits"}},
+	{name: baselineCacheOff, args: []string{"-headers", "-limits", "-cache-ttl", "0"}},
 	{name: bareBaseline},
 }
 
@@ -45,21 +49,56 @@ type benchCase struct {
 	zenspa   string            // the zenspa server measured
 	baseline string            // the server zenspa is judged against
 	also     []string          // servers shown beside them, for information only
+	prewarm  bool              // first read every id of the by-id cases once from zenspa, to fill its cache
+	cleanup  string            // SQL run on the bench database after every run of the case
 
 	// Targets, as ratios of zenspa's figure to the baseline's; 0 is none.
 	minRPS, maxCPU, maxP99 float64
 }
 
+// The routes of the treatment cases, which the comparisons name too. The
+// {…} of a route is what its script appends: the cursor of the page after
+// row deepRow (fixture.go), or an id.
+const (
+	firstPage = "GET /api/v1/treatments?limit=20"
+	deepPage  = "GET /api/v1/treatments?limit=20&cursor={after row 9000}"
+	byID      = "GET /api/v1/treatments/{id}"
+)
+
 // cases are measured in this order, and reported so. Adding a route is one
 // line here and a handler in bench/baseline that does the same work plainly:
 //
-//	{route: "GET /api/v1/treatments?limit=20", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
-//	{route: "POST /api/v1/treatments", header: map[string]string{"Content-Type": "application/json"}, body: `{"name":"Massage"}`, ...},
-//	{route: "GET /api/v1/treatments/{id}", script: "wrk/treatment-by-id.lua", ...},
+//	{route: "GET /api/v1/clients?limit=20", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+//	{route: "POST /api/v1/clients", header: map[string]string{"Content-Type": "application/json"}, body: `{"name":"An"}`, ...},
+//	{route: "GET /api/v1/clients/{id}", script: "wrk/client-by-id.lua", ...},
+//
+// The treatment cases run on the bench database (fixture.go). A case that
+// writes comes last and cleans up after every run, so that each run, and
+// any case after it, meets the seeded table.
 var cases = []benchCase{
 	{route: "GET /health", zenspa: zenspaServer, baseline: withHeadersBaseline, also: []string{bareBaseline}, minRPS: 0.85, maxCPU: 1.3, maxP99: 1.5},
 	{route: "GET /health/db", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
 	{route: "GET /health/redis", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: firstPage, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: deepPage, script: "wrk/deep-page.lua", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: byID, script: "wrk/treatment-by-id.lua", prewarm: true, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: byID, script: "wrk/treatment-by-id.lua", zenspa: zenspaCacheOff, baseline: baselineCacheOff, minRPS: 0.85},
+	{route: "POST /api/v1/treatments", script: "wrk/create-treatment.lua", cleanup: deletePosted, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+}
+
+// A comparison is a target between two cases on zenspa's figures alone,
+// each the median over the case's rounds.
+type comparison struct {
+	target   string  // as the report states it
+	of, to   string  // case names: the ratio is of's figure to to's
+	p50      bool    // compare the p50 latency; otherwise requests/s
+	min, max float64 // bounds of the ratio; 0 is none
+}
+
+// comparisons are reported after the cases' own targets.
+var comparisons = []comparison{
+	{target: "deep page p50 ≤ 1.2× first page p50", of: deepPage, to: firstPage, p50: true, max: 1.2},
+	{target: "warm-cache GET by id requests/s ≥ 2× cache off", of: byID, to: byID + ", " + zenspaCacheOff, min: 2},
 }
 
 // method is the route's method.
@@ -172,6 +211,27 @@ func checkCases(cs []benchCase, specs []serverSpec) error {
 		}
 		if c.minRPS <= 0 {
 			fail("no requests/s target")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkComparisons reports every comparison that names a case not in cs or
+// has no bound.
+func checkComparisons(cmps []comparison, cs []benchCase) error {
+	names := make(map[string]bool, len(cs))
+	for _, c := range cs {
+		names[c.name()] = true
+	}
+	var errs []error
+	for _, cmp := range cmps {
+		for _, name := range []string{cmp.of, cmp.to} {
+			if !names[name] {
+				errs = append(errs, fmt.Errorf("comparison %q: no case %q", cmp.target, name))
+			}
+		}
+		if cmp.min <= 0 && cmp.max <= 0 {
+			errs = append(errs, fmt.Errorf("comparison %q: no bound", cmp.target))
 		}
 	}
 	return errors.Join(errs...)

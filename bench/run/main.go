@@ -1,6 +1,7 @@
 // Command run is the load benchmark behind BENCHMARKS.md (`make bench`).
-// It starts a zenspa binary and the bench/baseline servers on free loopback
-// ports (servers.go) and measures every case of the table in cases.go: wrk
+// It makes the bench database anew (fixture.go), starts zenspa binaries and
+// the bench/baseline servers on it, on free loopback ports (servers.go), and
+// measures every case of the table in cases.go: wrk
 // at fixed settings against zenspa and against the baseline that answers
 // the same, back to back, for a few rounds (measure.go). Then it floods
 // /health/db while counting what PostgreSQL receives (storm.go), and prints
@@ -17,6 +18,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -47,7 +49,8 @@ func main() {
 	var o options
 	flag.StringVar(&o.zenspa, "zenspa", "./zenspa", "the zenspa binary under test (a `make build` binary)")
 	flag.StringVar(&o.baseline, "baseline", "", "the bench/baseline binary")
-	flag.StringVar(&o.databaseURL, "database-url", "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa?sslmode=disable", "zenspa's DATABASE_URL")
+	flag.StringVar(&o.databaseURL, "database-url", "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa_bench?sslmode=disable",
+		"the bench database, which is dropped and created anew (a name ending in _bench), as the role that owns it: zenspa's DATABASE_URL")
 	flag.StringVar(&o.redisHost, "redis-host", "127.0.0.1", "zenspa's REDIS_HOST (port 6379)")
 	flag.IntVar(&o.connections, "c", 64, "wrk connections")
 	flag.IntVar(&o.stormConnections, "storm-c", 256, "wrk connections of the probe storm on /health/db")
@@ -76,7 +79,7 @@ func main() {
 // progress.
 func run(ctx context.Context, o options, out, progress io.Writer) error {
 	// A mistake in the tables fails now, not after minutes of measuring.
-	if err := checkCases(cases, servers); err != nil {
+	if err := errors.Join(checkCases(cases, servers), checkComparisons(comparisons, cases)); err != nil {
 		return err
 	}
 	for _, tool := range []string{"wrk", "psql"} {
@@ -92,6 +95,12 @@ func run(ctx context.Context, o options, out, progress io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+
+	say("bench database: %d treatments", seedRows)
+	fx, err := prepareDatabase(ctx, o, dir)
+	if err != nil {
+		return fmt.Errorf("bench database: %w", err)
+	}
 
 	// Every server of the table, started once; stopped at the end (the
 	// zenspas earlier, before the probe storm is counted).
@@ -121,9 +130,13 @@ func run(ctx context.Context, o options, out, progress io.Writer) error {
 	if rep.baseline.idleRSS, err = rssKB(b.pid()); err != nil {
 		return err
 	}
+	// Only then zenspa is asked for the deep page's cursor.
+	if err := fx.findCursor(ctx, z.base); err != nil {
+		return err
+	}
 
 	for _, c := range cases {
-		rw, err := measureCase(ctx, o, dir, c, started, say)
+		rw, err := measureCase(ctx, o, dir, fx, c, started, say)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.route, err)
 		}

@@ -24,6 +24,7 @@ type row struct {
 	servers   []string  // the baseline first, zenspa last
 	results   []result  // in the order of servers
 	ratios    []float64 // zenspa's requests/s over the baseline's, round by round
+	zenspa    []result  // zenspa's runs, round by round, for the comparisons
 	discarded int       // rounds run again for steal
 }
 
@@ -31,6 +32,7 @@ type row struct {
 type load struct {
 	path        string // after the server's base URL
 	script      string // a wrk Lua script file, or ""
+	env         []string
 	connections int
 }
 
@@ -39,22 +41,38 @@ type load struct {
 // zenspa's requests/s to the baseline's: the servers of one round ran within
 // seconds of each other, so the machine's drift from round to round cancels
 // out of the ratio.
-func measureCase(ctx context.Context, o options, dir string, c benchCase, started map[string]*server, say func(string, ...any)) (row, error) {
+func measureCase(ctx context.Context, o options, dir string, fx *fixture, c benchCase, started map[string]*server, say func(string, ...any)) (row, error) {
 	l, err := caseLoad(c, o, dir)
 	if err != nil {
 		return row{}, err
 	}
+	l.env = fx.wrkEnv()
 	rw := row{name: fmt.Sprintf("`%s` c=%d", c.name(), o.connections), c: c, servers: c.servers()}
 	srvs := make([]*server, len(rw.servers))
 	for i, name := range rw.servers {
 		srvs[i] = started[name]
 	}
+	// Every run of the case, the warm-up too, leaves the database as it
+	// found it.
+	run := func(s *server, d time.Duration) (result, error) {
+		res, err := s.measure(ctx, o, l, d)
+		if err == nil && c.cleanup != "" {
+			err = fx.exec(ctx, c.cleanup)
+		}
+		return res, err
+	}
 
+	if c.prewarm {
+		say("%s %s, filling the cache", c.zenspa, c.name())
+		if err := fx.prewarm(ctx, started[c.zenspa].base); err != nil {
+			return row{}, err
+		}
+	}
 	// Pools, caches and the CPU's clock warm up unmeasured.
 	if o.warmup > 0 {
 		for _, s := range srvs {
 			say("%s %s, warm-up", s.spec.name, c.name())
-			if _, err := s.measure(ctx, o, l, o.warmup); err != nil {
+			if _, err := run(s, o.warmup); err != nil {
 				return row{}, err
 			}
 		}
@@ -66,8 +84,9 @@ func measureCase(ctx context.Context, o options, dir string, c benchCase, starte
 		// CPU measured the neighbours as much as the servers: it is run
 		// again, a few times at most.
 		for attempt := 0; ; attempt++ {
-			results, steal, err := measureRound(ctx, o, l, srvs, round, func(s *server) {
+			results, steal, err := measureRound(srvs, round, func(s *server) (result, error) {
 				say("%s %s, round %d of %d", s.spec.name, c.name(), round+1, o.rounds)
+				return run(s, o.duration)
 			})
 			if err != nil {
 				return row{}, err
@@ -87,6 +106,7 @@ func measureCase(ctx context.Context, o options, dir string, c benchCase, starte
 	for i := range base {
 		rw.ratios = append(rw.ratios, zenspa[i].rps/base[i].rps)
 	}
+	rw.zenspa = zenspa
 	m := medianIndex(rw.ratios)
 	for i := range srvs {
 		rw.results = append(rw.results, runs[i][m])
@@ -115,11 +135,11 @@ func caseLoad(c benchCase, o options, dir string) (load, error) {
 	return l, nil
 }
 
-// measureRound runs l on every server, one after the other: in the order
-// given in even rounds and in reverse in odd ones, so that no server always
-// goes first. It returns the results in the order given, and the highest
-// share of steal any run saw.
-func measureRound(ctx context.Context, o options, l load, srvs []*server, round int, starting func(*server)) ([]result, float64, error) {
+// measureRound runs every server, one after the other: in the order given
+// in even rounds and in reverse in odd ones, so that no server always goes
+// first. It returns the results in the order given, and the highest share
+// of steal any run saw.
+func measureRound(srvs []*server, round int, run func(*server) (result, error)) ([]result, float64, error) {
 	results := make([]result, len(srvs))
 	steal := 0.0
 	for j := range srvs {
@@ -127,8 +147,7 @@ func measureRound(ctx context.Context, o options, l load, srvs []*server, round 
 		if round%2 == 1 {
 			i = len(srvs) - 1 - j
 		}
-		starting(srvs[i])
-		res, err := srvs[i].measure(ctx, o, l, o.duration)
+		res, err := run(srvs[i])
 		if err != nil {
 			return nil, 0, err
 		}
@@ -162,7 +181,8 @@ type result struct {
 }
 
 // measure runs wrk with l for d and charges the server's CPU time (user and
-// system, from /proc) to the requests wrk completed.
+// system, from /proc) to the requests wrk completed. A script reads l.env,
+// and BENCH_RUN, a tag no other run of the benchmark gets.
 func (s *server) measure(ctx context.Context, o options, l load, d time.Duration) (result, error) {
 	args := []string{
 		"-c" + strconv.Itoa(l.connections), "-t" + strconv.Itoa(o.threads),
@@ -181,6 +201,7 @@ func (s *server) measure(ctx context.Context, o options, l load, d time.Duration
 	wctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(wctx, "wrk", args...)
+	cmd.Env = append(slices.Concat(os.Environ(), l.env), "BENCH_RUN="+strconv.FormatInt(time.Now().UnixNano(), 36))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // as the servers'
 	out, err := cmd.CombinedOutput()
 	if err != nil {

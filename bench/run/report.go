@@ -37,6 +37,9 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "wrk -c%d -t%d -d%s --latency (storm: -c%d), %d round(s) per case, the servers back to back in each (the baseline first in odd rounds); "+
 		"each case shows the round with the median ratio of zenspa's requests/s to its baseline's. Ratios are to the first server of the case, the baseline its targets are judged against.\n",
 		o.connections, o.threads, o.duration, o.stormConnections, o.rounds)
+	fmt.Fprintf(w, "The treatment cases run on a database made anew for the run, zenspa's schema and %d treatments; "+
+		"the deep page is the one after row %d, the by-id cases ask for every %dth row in turn, and the POST rows are deleted after each run.\n",
+		seedRows, deepRow, idEvery)
 	if r.discarded > 0 {
 		fmt.Fprintf(w, "%d round(s) were run again because the hypervisor took more than %.0f%% of the CPU (steal).\n", r.discarded, 100*o.maxSteal)
 	}
@@ -128,6 +131,7 @@ func (r *report) checks() []check {
 			non2xx += res.non2xx + res.sockErrors
 		}
 	}
+	checks = append(checks, r.comparisonChecks()...)
 	qps := r.storm.perSecond()
 	slowest := slices.Max(r.readies)
 	return append(checks,
@@ -136,6 +140,44 @@ func (r *report) checks() []check {
 		check{"start to ready ≤ 100 ms (the slowest start)", msec(slowest), slowest <= 100*time.Millisecond},
 		check{"zero non-2xx (and socket errors) in every case, on every server", strconv.FormatInt(non2xx, 10), non2xx == 0},
 	)
+}
+
+// comparisonChecks are the targets of comparisons, on the median of zenspa's
+// runs of each case.
+func (r *report) comparisonChecks() []check {
+	byName := make(map[string]row, len(r.rows))
+	for _, rw := range r.rows {
+		byName[rw.c.name()] = rw
+	}
+	var checks []check
+	for _, cmp := range comparisons {
+		figure := func(res result) float64 { return res.rps }
+		if cmp.p50 {
+			figure = func(res result) float64 { return float64(res.p50) }
+		}
+		v := median(byName[cmp.of].zenspa, figure) / median(byName[cmp.to].zenspa, figure)
+		name := cmp.target + " (zenspa, medians over the rounds)"
+		if cmp.min > 0 {
+			checks = append(checks, atLeast(name, v, cmp.min))
+		}
+		if cmp.max > 0 {
+			checks = append(checks, atMost(name, v, cmp.max))
+		}
+	}
+	return checks
+}
+
+// median is the median of figure over runs (the upper one of an even
+// count), 0 for none.
+func median(runs []result, figure func(result) float64) float64 {
+	if len(runs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(runs))
+	for i, res := range runs {
+		v[i] = figure(res)
+	}
+	return v[medianIndex(v)]
 }
 
 // atLeast checks that the ratio v is min or more.

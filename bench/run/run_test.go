@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,7 @@ wrk.body = "{\"name\":\"Soin visage \195\169\\\"\"}\010"
 }
 
 func TestCheckCases(t *testing.T) {
+	t.Chdir("..") // the scripts' paths are from bench/, where bench.sh runs the harness
 	if err := checkCases(cases, servers); err != nil {
 		t.Fatalf("checkCases(cases, servers) = %v, want nil", err)
 	}
@@ -112,5 +114,57 @@ func TestCheckCases(t *testing.T) {
 	}
 	if err := checkCases([]benchCase{good, good}, servers); err == nil || !strings.Contains(err.Error(), "a second case") {
 		t.Errorf("checkCases(twice the same case) = %v, want an error with %q", err, "a second case")
+	}
+}
+
+func TestCheckComparisons(t *testing.T) {
+	if err := checkComparisons(comparisons, cases); err != nil {
+		t.Fatalf("checkComparisons(comparisons, cases) = %v, want nil", err)
+	}
+	if want := "{after row " + strconv.Itoa(deepRow) + "}"; !strings.HasSuffix(deepPage, want) {
+		t.Errorf("deepPage = %q, want it to end in %q, the row fixture.go pages to", deepPage, want)
+	}
+	good := comparison{target: "t", of: firstPage, to: deepPage, max: 1.2}
+	for _, tc := range []struct {
+		name string
+		edit func(*comparison)
+		want string
+	}{
+		{"unknown case", func(c *comparison) { c.to = "GET /nope" }, `no case "GET /nope"`},
+		{"route of a case on another zenspa", func(c *comparison) { c.of = byID + ", " + zenspaServer }, "no case"},
+		{"no bound", func(c *comparison) { c.max = 0 }, "no bound"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			tc.edit(&c)
+			err := checkComparisons([]comparison{c}, cases)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("checkComparisons(%s) = %v, want an error with %q", tc.name, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestComparisonChecks(t *testing.T) {
+	runs := func(rps float64, p50ms ...int) []result {
+		var rs []result
+		for _, ms := range p50ms {
+			rs = append(rs, result{rps: rps, p50: time.Duration(ms) * time.Millisecond})
+		}
+		return rs
+	}
+	r := report{rows: []row{
+		{c: benchCase{route: firstPage, zenspa: zenspaServer}, zenspa: runs(1000, 10, 2, 3)},
+		{c: benchCase{route: deepPage, zenspa: zenspaServer}, zenspa: runs(1000, 4, 1, 9)}, // medians 3 and 4 ms
+		{c: benchCase{route: byID, zenspa: zenspaServer}, zenspa: runs(3000, 1)},
+		{c: benchCase{route: byID, zenspa: zenspaCacheOff}, zenspa: runs(1000, 1)},
+	}}
+	got := r.comparisonChecks()
+	want := []check{
+		{comparisons[0].target + " (zenspa, medians over the rounds)", "1.33×", false},
+		{comparisons[1].target + " (zenspa, medians over the rounds)", "3.00×", true},
+	}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("comparisonChecks() = %+v, want %+v", got, want)
 	}
 }

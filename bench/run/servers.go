@@ -25,9 +25,8 @@ type server struct {
 }
 
 // startServer starts spec on a free loopback port and waits until it is
-// ready. zenspa gets the documented settings and an empty env file, so that
-// no .env of the checkout leaks in, and is ready when /health/ready answers
-// 200; a baseline, when /health does.
+// ready: zenspa, with zenspaEnv, when /health/ready answers 200; a baseline,
+// pointed at the same database and Redis, when /health does.
 func startServer(ctx context.Context, o options, dir string, spec serverSpec) (*server, error) {
 	port, err := freePort()
 	if err != nil {
@@ -38,20 +37,15 @@ func startServer(ctx context.Context, o options, dir string, spec serverSpec) (*
 	var p *process
 	readyPath := "/health"
 	if spec.zenspa {
-		envFile := filepath.Join(dir, "empty.env")
-		if err := os.WriteFile(envFile, nil, 0o600); err != nil {
+		var env []string
+		if env, err = zenspaEnv(o, dir); err != nil {
 			return nil, err
 		}
-		env := append([]string{
-			"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
-			"DATABASE_URL=" + o.databaseURL, "REDIS_HOST=" + o.redisHost,
-			"LOG_LEVEL=INFO", "ENV_FILE=" + envFile,
-			"HOST=127.0.0.1", "PORT=" + strconv.Itoa(port),
-		}, spec.env...)
-		p, err = startProcess(o.zenspa, nil, env, logPath)
+		env = append(env, "HOST=127.0.0.1", "PORT="+strconv.Itoa(port))
+		p, err = startProcess(o.zenspa, nil, append(env, spec.env...), logPath)
 		readyPath = "/health/ready"
 	} else {
-		args := append([]string{"-addr", addr, "-redis-addr", o.redisHost + ":6379"}, spec.args...)
+		args := append([]string{"-addr", addr, "-redis-addr", o.redisHost + ":6379", "-database-url", o.databaseURL}, spec.args...)
 		p, err = startProcess(o.baseline, args, []string{"PATH=" + os.Getenv("PATH")}, logPath)
 	}
 	if err != nil {
@@ -63,6 +57,21 @@ func startServer(ctx context.Context, o options, dir string, spec serverSpec) (*
 		return nil, fmt.Errorf("%w (its log: %s)", err, p.logTail())
 	}
 	return s, nil
+}
+
+// zenspaEnv is the whole environment of a zenspa the benchmark runs, but for
+// where it listens: the documented settings, and an empty env file, so that
+// no .env of the checkout leaks in.
+func zenspaEnv(o options, dir string) ([]string, error) {
+	envFile := filepath.Join(dir, "empty.env")
+	if err := os.WriteFile(envFile, nil, 0o600); err != nil {
+		return nil, err
+	}
+	return []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
+		"DATABASE_URL=" + o.databaseURL, "REDIS_HOST=" + o.redisHost,
+		"LOG_LEVEL=INFO", "ENV_FILE=" + envFile,
+	}, nil
 }
 
 // process is a server started by the benchmark; stop ends it by its PID.

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -98,17 +95,11 @@ func statsTarget(dsn string) (name, statsURL string, err error) {
 // xactCommit reads pg_stat_database.xact_commit of database name: every
 // SELECT 1 of a health check is one committed transaction.
 func xactCommit(ctx context.Context, statsURL, name string) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "psql", "-X", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-		"-v", "db="+name, "-d", statsURL)
-	cmd.Stdin = strings.NewReader("SELECT xact_commit FROM pg_stat_database WHERE datname = :'db';\n")
-	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=5")
-	out, err := cmd.CombinedOutput()
+	out, err := psql(ctx, statsURL, "SELECT xact_commit FROM pg_stat_database WHERE datname = :'db';\n", "db="+name)
 	if err != nil {
-		return 0, fmt.Errorf("psql: %w: %s", err, bytes.TrimSpace(out))
+		return 0, err
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("psql: no xact_commit for database %q: %q", name, out)
 	}
