@@ -32,6 +32,7 @@ type cache struct {
 	ttl     time.Duration // CACHE_TTL: how long readThrough keeps a value; 0: it keeps none
 	timeout time.Duration // REQUEST_TIMEOUT: bounds a shared load, and so sizes a tombstone
 	flights flights
+	shapes  sync.Map // reflect.Type → its shapeOf, worked out once per type
 }
 
 // newCache builds the pool; it does not connect.
@@ -171,7 +172,7 @@ func readThrough[T any](ctx context.Context, c *cache, key string, load func(con
 	if c.ttl <= 0 {
 		return load(ctx)
 	}
-	shape := shapeOf(reflect.TypeFor[T]())
+	shape := c.shape(reflect.TypeFor[T]())
 	var entry cacheEntry[T]
 	if c.get(ctx, key, &entry) && entry.Shape == shape {
 		return entry.Value, nil
@@ -208,6 +209,16 @@ func (c *cache) invalidate(ctx context.Context, key string) {
 	if _, err := c.do(ctx, "SET", key, tombstone, "PX", (2 * c.timeout).Milliseconds()); err != nil {
 		c.warnf(ctx, "cache invalidate failed", key, err)
 	}
+}
+
+// shape is shapeOf(t), remembered: a read should not walk a type.
+func (c *cache) shape(t reflect.Type) string {
+	if s, ok := c.shapes.Load(t); ok {
+		return s.(string)
+	}
+	s := shapeOf(t)
+	c.shapes.Store(t, s)
+	return s
 }
 
 // shapeOf fingerprints t: its name and, for a struct that does not encode
