@@ -23,6 +23,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The OpenAPI document is checked from both sides: against the route table
@@ -397,7 +398,10 @@ type schemaChecker struct {
 }
 
 // annotations are keywords that constrain nothing.
-var annotations = map[string]bool{"description": true, "title": true, "examples": true}
+var annotations = map[string]bool{"description": true, "title": true, "examples": true, "default": true}
+
+// uuidForm is what format "uuid" accepts: the 8-4-4-4-12 hexadecimal form.
+var uuidForm = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // resolve follows a local $ref ("#/components/schemas/Health"), repeatedly.
 func (c schemaChecker) resolve(v any) any {
@@ -491,14 +495,20 @@ func (c schemaChecker) check(schema, value any, at string) []string {
 				}
 			}
 		case "format":
-			str, ok := value.(string)
-			if !ok {
-				continue
-			}
 			switch arg {
 			case "date-time":
-				if _, err := time.Parse(time.RFC3339, str); err != nil {
-					bad("%q is not a date-time: %v", str, err)
+				if str, ok := value.(string); ok {
+					if _, err := time.Parse(time.RFC3339, str); err != nil {
+						bad("%q is not a date-time: %v", str, err)
+					}
+				}
+			case "uuid":
+				if str, ok := value.(string); ok && !uuidForm.MatchString(str) {
+					bad("%q is not a UUID", str)
+				}
+			case "int64":
+				if n, ok := value.(float64); ok && (n != math.Trunc(n) || n < math.MinInt64 || n >= math.MaxInt64) {
+					bad("%v is not a 64-bit integer", n)
 				}
 			default:
 				bad("format %q is not supported by this checker", arg)
@@ -517,6 +527,31 @@ func (c schemaChecker) check(schema, value any, at string) []string {
 		case "minimum":
 			if n, ok := value.(float64); ok && n < arg.(float64) {
 				bad("%v is below the minimum %v", n, arg)
+			}
+		case "maximum":
+			if n, ok := value.(float64); ok && n > arg.(float64) {
+				bad("%v is above the maximum %v", n, arg)
+			}
+		case "multipleOf":
+			if n, ok := value.(float64); ok && math.Mod(n, arg.(float64)) != 0 {
+				bad("%v is not a multiple of %v", n, arg)
+			}
+		case "minLength":
+			// JSON Schema counts characters (code points), not bytes.
+			if str, ok := value.(string); ok && float64(utf8.RuneCountInString(str)) < arg.(float64) {
+				bad("%q is shorter than %v characters", str, arg)
+			}
+		case "maxLength":
+			if str, ok := value.(string); ok && float64(utf8.RuneCountInString(str)) > arg.(float64) {
+				bad("%s is longer than %v characters", short(str), arg)
+			}
+		case "minItems":
+			if arr, ok := value.([]any); ok && float64(len(arr)) < arg.(float64) {
+				bad("%s has fewer than %v items", short(arr), arg)
+			}
+		case "minProperties":
+			if obj, ok := value.(map[string]any); ok && float64(len(obj)) < arg.(float64) {
+				bad("%s has fewer than %v members", short(obj), arg)
 			}
 		default:
 			if !annotations[kw] {
@@ -554,6 +589,64 @@ func short(v any) string {
 		return string(b[:77]) + "..."
 	}
 	return string(b)
+}
+
+// TestOpenAPISchemaChecker shows that each keyword the checker supports refuses
+// what it should: a keyword that passed everything would make the example
+// and live checks silently weaker than the document.
+func TestOpenAPISchemaChecker(t *testing.T) {
+	doc := map[string]any{"components": map[string]any{"schemas": map[string]any{
+		"Name": map[string]any{"type": "string", "maxLength": 3.0},
+	}}}
+	c := schemaChecker{doc: doc}
+	tests := []struct {
+		schema, value string
+		ok            bool
+	}{
+		{`{"type":"integer"}`, `5`, true},
+		{`{"type":"integer"}`, `5.5`, false},
+		{`{"type":["string","null"]}`, `null`, true},
+		{`{"type":["string","null"]}`, `1`, false},
+		{`{"enum":["a"]}`, `"b"`, false},
+		{`{"required":["a"]}`, `{}`, false},
+		{`{"properties":{"a":{"type":"string"}}}`, `{"a":1}`, false},
+		{`{"properties":{"a":{}},"additionalProperties":false}`, `{"a":1,"b":2}`, false},
+		{`{"items":{"type":"string"}}`, `["a",1]`, false},
+		{`{"$ref":"#/components/schemas/Name"}`, `"abcd"`, false},
+		{`{"format":"date-time"}`, `"2026-12-01T20:44:51.520658Z"`, true},
+		{`{"format":"date-time"}`, `"2026-12-01 20:44"`, false},
+		{`{"format":"uuid"}`, `"29188B83-a777-41a9-b832-dbd0c5a6c735"`, true},
+		{`{"format":"uuid"}`, `"29188b83a77741a9b832dbd0c5a6c735"`, false},
+		{`{"format":"int64"}`, `-9223372036854775808`, true},
+		{`{"format":"int64"}`, `9223372036854775808`, false},
+		{`{"format":"int64"}`, `1.5`, false},
+		{`{"format":"email"}`, `"a@b"`, false}, // unsupported: reported, not skipped
+		{`{"pattern":"^[A-Z]{3}$"}`, `"VND"`, true},
+		{`{"pattern":"^[A-Z]{3}$"}`, `"vnd"`, false},
+		{`{"minimum":5}`, `4`, false},
+		{`{"maximum":480}`, `485`, false},
+		{`{"multipleOf":5}`, `45`, true},
+		{`{"multipleOf":5}`, `47`, false},
+		{`{"minLength":1}`, `""`, false},
+		{`{"maxLength":3}`, `"đá!"`, true}, // three characters, five bytes
+		{`{"maxLength":3}`, `"đá!!"`, false},
+		{`{"minItems":1}`, `[]`, false},
+		{`{"minProperties":1}`, `{}`, false},
+		{`{"default":"VND","description":"x","title":"y","examples":["z"]}`, `1`, true},
+		{`{"oneOf":[{}]}`, `1`, false}, // unsupported: reported, not skipped
+	}
+	for _, tt := range tests {
+		var schema, value any
+		if err := json.Unmarshal([]byte(tt.schema), &schema); err != nil {
+			t.Fatalf("%s: %v", tt.schema, err)
+		}
+		if err := json.Unmarshal([]byte(tt.value), &value); err != nil {
+			t.Fatalf("%s: %v", tt.value, err)
+		}
+		if problems := c.check(schema, value, "value"); (len(problems) == 0) != tt.ok {
+			t.Errorf("check(%s, %s) = %q, want ok %v", tt.schema, tt.value, problems, tt.ok)
+		}
+	}
 }
 
 // TestDocsPages checks what the browser test cannot see directly: the pages'
