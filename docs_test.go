@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -232,22 +233,32 @@ func topLevelKeys(t testing.TB, obj []byte) []string {
 // servers whose dependencies are up, down, and whose docs are off, plus the
 // wrong method and an oversized body, and checks each answer against the
 // document: the status is documented, and the body and headers match it.
-// Every documented status must come up at least once, except 500, which no
-// request can cause on purpose (its example is checked above).
+// Path parameters take their documented examples. Each server then gets the
+// requests of its treatments flow (docs_treatments_test.go), which walk the
+// domain routes through their answers; a server whose database stalls gets
+// only those, to show that REQUEST_TIMEOUT bounds them (fault_test.go has
+// the health routes' answers to a stall). Every documented status must come
+// up at least once, except 500, which no request can cause on purpose (its
+// example is checked above).
 func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 	requireRedis(t)
 	doc := loadOpenAPI(t)
 	c := schemaChecker{doc: doc}
 	dead := strconv.Itoa(freePort(t))
 	deadDB := "postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:" + dead + "/zenspa?sslmode=disable"
+	stalledDB := "postgres://zenspa_test:" + testDatabasePassword + "@" + silentListener(t) + "/zenspa?sslmode=disable"
 	servers := []struct {
-		name string
-		kv   []string
-		db   string
+		name       string
+		kv         []string
+		db         string
+		treatments func(*liveCaller)
+		flowOnly   bool // skip the requests to every operation
 	}{
-		{"dependencies up", nil, newTestDatabase(t)},
-		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB},
-		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB},
+		{"dependencies up", nil, newMigratedDatabase(t), treatmentsFlow, false},
+		{"Redis down", []string{"REDIS_PORT=" + dead}, newMigratedDatabase(t), treatmentsFlow, false},
+		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB, treatmentsWithoutDatabase, false},
+		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB, treatmentsWithoutDatabase, false},
+		{"database stalls", []string{"REQUEST_TIMEOUT=300ms"}, stalledDB, treatmentsWithoutDatabase, true},
 	}
 	seen := map[string]bool{} // "GET /health 503"
 	for _, srv := range servers {
@@ -255,8 +266,12 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 		s, _ := newTestServer(t, cfg)
 		ts := startTestServer(t, s)
 		for _, o := range operations(t, doc) {
-			target := ts.URL + o.path
-			what := fmt.Sprintf("%s: %s %s", srv.name, o.method, o.path)
+			if srv.flowOnly {
+				break
+			}
+			path := examplePath(t, c, o)
+			target := ts.URL + path
+			what := fmt.Sprintf("%s: %s %s", srv.name, o.method, path)
 
 			status, h, body := do(t, o.method, target, nil, nil)
 			c.checkResponse(t, o, what, status, h, body)
@@ -271,20 +286,28 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 				}
 			}
 
-			// A method the path does not take.
-			status, h, body = do(t, http.MethodPost, target, nil, nil)
-			if status == http.StatusMethodNotAllowed || status == http.StatusNotFound {
-				c.checkResponse(t, o, what+" (as POST)", status, h, body)
+			// A method the path does not take; Allow lists the ones it does.
+			wrong := wrongMethod(doc, o.path)
+			status, h, body = do(t, wrong, target, nil, nil)
+			switch status {
+			case http.StatusMethodNotAllowed:
+				if got, want := h.Get("Allow"), documentedAllow(doc, o.path); got != want {
+					t.Errorf("%s: %s = 405 with Allow %q, want the documented methods %q", what, wrong, got, want)
+				}
+				fallthrough
+			case http.StatusNotFound:
+				c.checkResponse(t, o, what+" (as "+wrong+")", status, h, body)
 				seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
-			} else {
-				t.Errorf("%s: POST = %d, want 405 (or 404 when the route is off)", what, status)
+			default:
+				t.Errorf("%s: %s = %d, want 405 (or 404 when the route is off)", what, wrong, status)
 			}
 
 			// A body over the limit, declared and not sent.
-			status, h, body = declareHugeBody(t, ts.Listener.Addr().String(), o.method, o.path)
+			status, h, body = declareHugeBody(t, ts.Listener.Addr().String(), o.method, path)
 			c.checkResponse(t, o, what+" with a 2 MiB body", status, h, body)
 			seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
 		}
+		srv.treatments(&liveCaller{t: t, c: c, doc: doc, base: ts.URL, server: srv.name, seen: seen})
 	}
 	for _, o := range operations(t, doc) {
 		for code := range o.op["responses"].(map[string]any) {
@@ -293,6 +316,57 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 			}
 		}
 	}
+}
+
+// examplePath is o's path with each path parameter replaced by the example
+// the document gives it.
+func examplePath(t testing.TB, c schemaChecker, o operation) string {
+	t.Helper()
+	path := o.path
+	for _, p := range asSlice(o.op["parameters"]) {
+		p := asMap(c.resolve(p))
+		if p["in"] != "path" {
+			continue
+		}
+		example, ok := p["example"].(string)
+		if !ok {
+			t.Fatalf("%s %s: path parameter %v has no example string; the live test needs one", o.method, o.path, p["name"])
+		}
+		path = strings.ReplaceAll(path, "{"+p["name"].(string)+"}", url.PathEscape(example))
+	}
+	if strings.Contains(path, "{") {
+		t.Fatalf("%s %s: a path parameter is not documented", o.method, o.path)
+	}
+	return path
+}
+
+// allowOrder is the order in which the server's Allow header lists methods.
+var allowOrder = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+
+// documentedAllow is the Allow header a 405 on path must carry: the
+// documented methods, HEAD with GET.
+func documentedAllow(doc map[string]any, path string) string {
+	item := asMap(asMap(doc["paths"])[path])
+	var allow []string
+	for _, m := range allowOrder {
+		documented := item[strings.ToLower(m)] != nil
+		if m == http.MethodHead {
+			documented = item["get"] != nil
+		}
+		if documented {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
+}
+
+// wrongMethod is a method path does not take: POST, or PUT where POST is
+// documented.
+func wrongMethod(doc map[string]any, path string) string {
+	if asMap(asMap(doc["paths"])[path])["post"] == nil {
+		return http.MethodPost
+	}
+	return http.MethodPut
 }
 
 // declareHugeBody sends a request that declares a 2 MiB body and sends none
@@ -378,6 +452,12 @@ func (c schemaChecker) checkResponse(t testing.TB, o operation, what string, sta
 func asMap(v any) map[string]any {
 	m, _ := v.(map[string]any)
 	return m
+}
+
+// asSlice is v as a JSON array, or nil.
+func asSlice(v any) []any {
+	a, _ := v.([]any)
+	return a
 }
 
 // keys lists a map's keys, sorted.

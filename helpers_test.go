@@ -104,6 +104,26 @@ func newTestDatabase(t testing.TB) string {
 	return u.String()
 }
 
+// newMigratedDatabase is newTestDatabase with the embedded migrations
+// applied, as `zenspa migrate up` would: the schema the routes query.
+func newMigratedDatabase(t testing.TB) string {
+	t.Helper()
+	url := newTestDatabase(t)
+	db, err := openMigrateDB(context.Background(), testConfig(t, url))
+	if err != nil {
+		t.Fatalf("openMigrateDB: %v", err)
+	}
+	defer db.Close()
+	files, err := loadMigrations(builtinMigrations())
+	if err != nil {
+		t.Fatalf("loadMigrations: %v", err)
+	}
+	if err := newMigrator(db, files, 30*time.Second, io.Discard).up(context.Background()); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	return url
+}
+
 // requireRedis fails the test when the shared Redis does not answer.
 func requireRedis(t testing.TB) {
 	t.Helper()
