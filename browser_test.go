@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -30,8 +31,9 @@ const chromiumBinary = "/usr/bin/chromium"
 const artifactsDir = "testdata/artifacts"
 
 // TestDocsBrowser checks that each page shows every documented path and logs
-// no console error, and that a tampered asset is refused: the SRI hashes are
-// enforced, not decoration.
+// no console error, that a tampered asset is refused (the SRI hashes are
+// enforced, not decoration), and that Swagger UI's Try it out reaches the
+// live server under the page's Content-Security-Policy.
 func TestDocsBrowser(t *testing.T) {
 	requireTool(t, chromiumBinary, "make services-test")
 	driverPath := requireTool(t, "chromedriver", "make services-test")
@@ -41,7 +43,7 @@ func TestDocsBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	paths := documentedPaths(t)
-	dbURL := newTestDatabase(t)
+	dbURL := newMigratedDatabase(t) // Try it out writes a treatment
 
 	assets := startAssetServer(t, modules, false)
 	s, _ := newTestServer(t, testConfig(t, dbURL, "DOCS_ASSET_BASE_URL="+assets.URL))
@@ -97,6 +99,60 @@ func TestDocsBrowser(t *testing.T) {
 				t.Errorf("%s with a tampered asset logged no integrity error", page)
 			}
 		})
+	}
+
+	t.Run("docs try it out", func(t *testing.T) {
+		tryItOutCreate(t, wd.newSession(t), app.URL, dbURL)
+	})
+}
+
+// tryItOutCreate drives Swagger UI as a reader would: it expands POST
+// /api/v1/treatments, clicks Try it out, writes a body of its own into the
+// editor and clicks Execute. The page must show the server's 201 with the
+// new treatment and its Location, and the treatment must be in the
+// database.
+func tryItOutCreate(t *testing.T, b *browser, base, dbURL string) {
+	const op = "#operations-Treatments-createTreatment"
+	const name = "Xông hơi thảo dược 30 phút"
+	b.open(t, base+"/docs")
+	b.click(t, op+" .opblock-summary-control")
+	b.click(t, op+" .try-out__btn")
+	b.replaceText(t, op+" textarea.body-param__text", `{"name": "`+name+`", "duration_minutes": 30, "price": 150000}`)
+	b.click(t, op+" button.execute")
+
+	shown, ok := b.waitForText(t, op+" .responses-wrapper", "Server response", 15*time.Second)
+	if ok {
+		// The answer's table comes a moment after its heading.
+		shown, ok = b.waitForText(t, op+" .live-responses-table", name, 5*time.Second)
+	}
+	b.screenshot(t, filepath.Join(artifactsDir, "docs-try-it-out.png"))
+	if !ok {
+		t.Fatalf("Swagger UI shows no answer with %q after Execute; it shows:\n%s", name, shown)
+	}
+	if status := strings.TrimSpace(b.textOf(t, op+" .live-responses-table tbody .response-col_status")); status != "201" {
+		t.Errorf("Swagger UI shows the status of Execute as %q, want 201:\n%s", status, shown)
+	}
+	if url := b.textOf(t, op+" .request-url"); !strings.Contains(url, base+"/api/v1/treatments") {
+		t.Errorf("Swagger UI sent the request to %q, want %s/api/v1/treatments", url, base)
+	}
+	m := regexp.MustCompile(`(?i)location: /api/v1/treatments/([0-9a-f-]{36})`).FindStringSubmatch(shown)
+	if m == nil {
+		t.Fatalf("Swagger UI's answer shows no Location header:\n%s", shown)
+	}
+
+	// The row exists, as typed into the editor.
+	db, err := sql.Open("postgres", dbURL)
+	mustf(t, err, "open the test database")
+	defer db.Close()
+	var stored string
+	mustf(t, db.QueryRow("SELECT name FROM treatments WHERE id = $1", m[1]).Scan(&stored), "read treatment %s", m[1])
+	if stored != name {
+		t.Errorf("treatment %s is named %q in the database, want %q", m[1], stored, name)
+	}
+	for _, e := range b.consoleLog(t) {
+		if e.Level == "SEVERE" {
+			t.Errorf("/docs logged a console error during Try it out: %s", e.Message)
+		}
 	}
 }
 
@@ -315,6 +371,69 @@ func (b *browser) waitForPaths(t testing.TB, paths []string, limit time.Duration
 		}
 		if len(missing) == 0 || time.Now().After(deadline) {
 			return text, missing
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// element is the WebDriver reference of the first element matching css,
+// waiting up to 15 s for the page to draw it.
+func (b *browser) element(t testing.TB, css string) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var found map[string]string
+		err := b.wd.call(http.MethodPost, "/session/"+b.id+"/element", map[string]string{"using": "css selector", "value": css}, &found)
+		if err == nil {
+			for _, ref := range found { // one member, named by the W3C spec
+				return ref
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no element %s after 15 s: %v", css, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// click clicks the element matching css, scrolled into view.
+func (b *browser) click(t testing.TB, css string) {
+	t.Helper()
+	if err := b.wd.call(http.MethodPost, "/session/"+b.id+"/element/"+b.element(t, css)+"/click", map[string]any{}, nil); err != nil {
+		t.Fatalf("click %s: %v", css, err)
+	}
+}
+
+// replaceText selects all the text of the field matching css and types text
+// over it, key by key, as a user would: the UI sees every change.
+func (b *browser) replaceText(t testing.TB, css, text string) {
+	t.Helper()
+	const ctrl, release, backspace = "\ue009", "\ue000", "\ue003"
+	keys := ctrl + "a" + release + backspace + text
+	if err := b.wd.call(http.MethodPost, "/session/"+b.id+"/element/"+b.element(t, css)+"/value", map[string]string{"text": keys}, nil); err != nil {
+		t.Fatalf("type into %s: %v", css, err)
+	}
+}
+
+// textOf is the rendered text of the element matching css.
+func (b *browser) textOf(t testing.TB, css string) string {
+	t.Helper()
+	var text string
+	if err := b.wd.call(http.MethodGet, "/session/"+b.id+"/element/"+b.element(t, css)+"/text", nil, &text); err != nil {
+		t.Fatalf("read the text of %s: %v", css, err)
+	}
+	return text
+}
+
+// waitForText polls the text of the element matching css until it holds
+// want, or limit passes, and returns the last text and whether it did.
+func (b *browser) waitForText(t testing.TB, css, want string, limit time.Duration) (string, bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		text := b.textOf(t, css)
+		if strings.Contains(text, want) || time.Now().After(deadline) {
+			return text, strings.Contains(text, want)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

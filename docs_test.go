@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The OpenAPI document is checked from both sides: against the route table
@@ -231,22 +233,32 @@ func topLevelKeys(t testing.TB, obj []byte) []string {
 // servers whose dependencies are up, down, and whose docs are off, plus the
 // wrong method and an oversized body, and checks each answer against the
 // document: the status is documented, and the body and headers match it.
-// Every documented status must come up at least once, except 500, which no
-// request can cause on purpose (its example is checked above).
+// Path parameters take their documented examples. Each server then gets the
+// requests of its treatments flow (docs_treatments_test.go), which walk the
+// domain routes through their answers; a server whose database stalls gets
+// only those, to show that REQUEST_TIMEOUT bounds them (fault_test.go has
+// the health routes' answers to a stall). Every documented status must come
+// up at least once, except 500, which no request can cause on purpose (its
+// example is checked above).
 func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 	requireRedis(t)
 	doc := loadOpenAPI(t)
 	c := schemaChecker{doc: doc}
 	dead := strconv.Itoa(freePort(t))
 	deadDB := "postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:" + dead + "/zenspa?sslmode=disable"
+	stalledDB := "postgres://zenspa_test:" + testDatabasePassword + "@" + silentListener(t) + "/zenspa?sslmode=disable"
 	servers := []struct {
-		name string
-		kv   []string
-		db   string
+		name       string
+		kv         []string
+		db         string
+		treatments func(*liveCaller)
+		flowOnly   bool // skip the requests to every operation
 	}{
-		{"dependencies up", nil, newTestDatabase(t)},
-		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB},
-		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB},
+		{"dependencies up", nil, newMigratedDatabase(t), treatmentsFlow, false},
+		{"Redis down", []string{"REDIS_PORT=" + dead}, newMigratedDatabase(t), treatmentsFlow, false},
+		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB, treatmentsWithoutDatabase, false},
+		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB, treatmentsWithoutDatabase, false},
+		{"database stalls", []string{"REQUEST_TIMEOUT=300ms"}, stalledDB, treatmentsWithoutDatabase, true},
 	}
 	seen := map[string]bool{} // "GET /health 503"
 	for _, srv := range servers {
@@ -254,8 +266,12 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 		s, _ := newTestServer(t, cfg)
 		ts := startTestServer(t, s)
 		for _, o := range operations(t, doc) {
-			target := ts.URL + o.path
-			what := fmt.Sprintf("%s: %s %s", srv.name, o.method, o.path)
+			if srv.flowOnly {
+				break
+			}
+			path := examplePath(t, c, o)
+			target := ts.URL + path
+			what := fmt.Sprintf("%s: %s %s", srv.name, o.method, path)
 
 			status, h, body := do(t, o.method, target, nil, nil)
 			c.checkResponse(t, o, what, status, h, body)
@@ -270,20 +286,28 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 				}
 			}
 
-			// A method the path does not take.
-			status, h, body = do(t, http.MethodPost, target, nil, nil)
-			if status == http.StatusMethodNotAllowed || status == http.StatusNotFound {
-				c.checkResponse(t, o, what+" (as POST)", status, h, body)
+			// A method the path does not take; Allow lists the ones it does.
+			wrong := wrongMethod(doc, o.path)
+			status, h, body = do(t, wrong, target, nil, nil)
+			switch status {
+			case http.StatusMethodNotAllowed:
+				if got, want := h.Get("Allow"), documentedAllow(doc, o.path); got != want {
+					t.Errorf("%s: %s = 405 with Allow %q, want the documented methods %q", what, wrong, got, want)
+				}
+				fallthrough
+			case http.StatusNotFound:
+				c.checkResponse(t, o, what+" (as "+wrong+")", status, h, body)
 				seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
-			} else {
-				t.Errorf("%s: POST = %d, want 405 (or 404 when the route is off)", what, status)
+			default:
+				t.Errorf("%s: %s = %d, want 405 (or 404 when the route is off)", what, wrong, status)
 			}
 
 			// A body over the limit, declared and not sent.
-			status, h, body = declareHugeBody(t, ts.Listener.Addr().String(), o.method, o.path)
+			status, h, body = declareHugeBody(t, ts.Listener.Addr().String(), o.method, path)
 			c.checkResponse(t, o, what+" with a 2 MiB body", status, h, body)
 			seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
 		}
+		srv.treatments(&liveCaller{t: t, c: c, doc: doc, base: ts.URL, server: srv.name, seen: seen})
 	}
 	for _, o := range operations(t, doc) {
 		for code := range o.op["responses"].(map[string]any) {
@@ -292,6 +316,57 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 			}
 		}
 	}
+}
+
+// examplePath is o's path with each path parameter replaced by the example
+// the document gives it.
+func examplePath(t testing.TB, c schemaChecker, o operation) string {
+	t.Helper()
+	path := o.path
+	for _, p := range asSlice(o.op["parameters"]) {
+		p := asMap(c.resolve(p))
+		if p["in"] != "path" {
+			continue
+		}
+		example, ok := p["example"].(string)
+		if !ok {
+			t.Fatalf("%s %s: path parameter %v has no example string; the live test needs one", o.method, o.path, p["name"])
+		}
+		path = strings.ReplaceAll(path, "{"+p["name"].(string)+"}", url.PathEscape(example))
+	}
+	if strings.Contains(path, "{") {
+		t.Fatalf("%s %s: a path parameter is not documented", o.method, o.path)
+	}
+	return path
+}
+
+// allowOrder is the order in which the server's Allow header lists methods.
+var allowOrder = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
+
+// documentedAllow is the Allow header a 405 on path must carry: the
+// documented methods, HEAD with GET.
+func documentedAllow(doc map[string]any, path string) string {
+	item := asMap(asMap(doc["paths"])[path])
+	var allow []string
+	for _, m := range allowOrder {
+		documented := item[strings.ToLower(m)] != nil
+		if m == http.MethodHead {
+			documented = item["get"] != nil
+		}
+		if documented {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
+}
+
+// wrongMethod is a method path does not take: POST, or PUT where POST is
+// documented.
+func wrongMethod(doc map[string]any, path string) string {
+	if asMap(asMap(doc["paths"])[path])["post"] == nil {
+		return http.MethodPost
+	}
+	return http.MethodPut
 }
 
 // declareHugeBody sends a request that declares a 2 MiB body and sends none
@@ -379,6 +454,12 @@ func asMap(v any) map[string]any {
 	return m
 }
 
+// asSlice is v as a JSON array, or nil.
+func asSlice(v any) []any {
+	a, _ := v.([]any)
+	return a
+}
+
 // keys lists a map's keys, sorted.
 func keys(m map[string]any) []string {
 	out := make([]string, 0, len(m))
@@ -397,7 +478,10 @@ type schemaChecker struct {
 }
 
 // annotations are keywords that constrain nothing.
-var annotations = map[string]bool{"description": true, "title": true, "examples": true}
+var annotations = map[string]bool{"description": true, "title": true, "examples": true, "default": true}
+
+// uuidForm is what format "uuid" accepts: the 8-4-4-4-12 hexadecimal form.
+var uuidForm = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // resolve follows a local $ref ("#/components/schemas/Health"), repeatedly.
 func (c schemaChecker) resolve(v any) any {
@@ -491,14 +575,20 @@ func (c schemaChecker) check(schema, value any, at string) []string {
 				}
 			}
 		case "format":
-			str, ok := value.(string)
-			if !ok {
-				continue
-			}
 			switch arg {
 			case "date-time":
-				if _, err := time.Parse(time.RFC3339, str); err != nil {
-					bad("%q is not a date-time: %v", str, err)
+				if str, ok := value.(string); ok {
+					if _, err := time.Parse(time.RFC3339, str); err != nil {
+						bad("%q is not a date-time: %v", str, err)
+					}
+				}
+			case "uuid":
+				if str, ok := value.(string); ok && !uuidForm.MatchString(str) {
+					bad("%q is not a UUID", str)
+				}
+			case "int64":
+				if n, ok := value.(float64); ok && (n != math.Trunc(n) || n < math.MinInt64 || n >= math.MaxInt64) {
+					bad("%v is not a 64-bit integer", n)
 				}
 			default:
 				bad("format %q is not supported by this checker", arg)
@@ -517,6 +607,31 @@ func (c schemaChecker) check(schema, value any, at string) []string {
 		case "minimum":
 			if n, ok := value.(float64); ok && n < arg.(float64) {
 				bad("%v is below the minimum %v", n, arg)
+			}
+		case "maximum":
+			if n, ok := value.(float64); ok && n > arg.(float64) {
+				bad("%v is above the maximum %v", n, arg)
+			}
+		case "multipleOf":
+			if n, ok := value.(float64); ok && math.Mod(n, arg.(float64)) != 0 {
+				bad("%v is not a multiple of %v", n, arg)
+			}
+		case "minLength":
+			// JSON Schema counts characters (code points), not bytes.
+			if str, ok := value.(string); ok && float64(utf8.RuneCountInString(str)) < arg.(float64) {
+				bad("%q is shorter than %v characters", str, arg)
+			}
+		case "maxLength":
+			if str, ok := value.(string); ok && float64(utf8.RuneCountInString(str)) > arg.(float64) {
+				bad("%s is longer than %v characters", short(str), arg)
+			}
+		case "minItems":
+			if arr, ok := value.([]any); ok && float64(len(arr)) < arg.(float64) {
+				bad("%s has fewer than %v items", short(arr), arg)
+			}
+		case "minProperties":
+			if obj, ok := value.(map[string]any); ok && float64(len(obj)) < arg.(float64) {
+				bad("%s has fewer than %v members", short(obj), arg)
 			}
 		default:
 			if !annotations[kw] {
@@ -554,6 +669,64 @@ func short(v any) string {
 		return string(b[:77]) + "..."
 	}
 	return string(b)
+}
+
+// TestOpenAPISchemaChecker shows that each keyword the checker supports refuses
+// what it should: a keyword that passed everything would make the example
+// and live checks silently weaker than the document.
+func TestOpenAPISchemaChecker(t *testing.T) {
+	doc := map[string]any{"components": map[string]any{"schemas": map[string]any{
+		"Name": map[string]any{"type": "string", "maxLength": 3.0},
+	}}}
+	c := schemaChecker{doc: doc}
+	tests := []struct {
+		schema, value string
+		ok            bool
+	}{
+		{`{"type":"integer"}`, `5`, true},
+		{`{"type":"integer"}`, `5.5`, false},
+		{`{"type":["string","null"]}`, `null`, true},
+		{`{"type":["string","null"]}`, `1`, false},
+		{`{"enum":["a"]}`, `"b"`, false},
+		{`{"required":["a"]}`, `{}`, false},
+		{`{"properties":{"a":{"type":"string"}}}`, `{"a":1}`, false},
+		{`{"properties":{"a":{}},"additionalProperties":false}`, `{"a":1,"b":2}`, false},
+		{`{"items":{"type":"string"}}`, `["a",1]`, false},
+		{`{"$ref":"#/components/schemas/Name"}`, `"abcd"`, false},
+		{`{"format":"date-time"}`, `"2026-12-01T20:44:51.520658Z"`, true},
+		{`{"format":"date-time"}`, `"2026-12-01 20:44"`, false},
+		{`{"format":"uuid"}`, `"29188B83-a777-41a9-b832-dbd0c5a6c735"`, true},
+		{`{"format":"uuid"}`, `"29188b83a77741a9b832dbd0c5a6c735"`, false},
+		{`{"format":"int64"}`, `-9223372036854775808`, true},
+		{`{"format":"int64"}`, `9223372036854775808`, false},
+		{`{"format":"int64"}`, `1.5`, false},
+		{`{"format":"email"}`, `"a@b"`, false}, // unsupported: reported, not skipped
+		{`{"pattern":"^[A-Z]{3}$"}`, `"VND"`, true},
+		{`{"pattern":"^[A-Z]{3}$"}`, `"vnd"`, false},
+		{`{"minimum":5}`, `4`, false},
+		{`{"maximum":480}`, `485`, false},
+		{`{"multipleOf":5}`, `45`, true},
+		{`{"multipleOf":5}`, `47`, false},
+		{`{"minLength":1}`, `""`, false},
+		{`{"maxLength":3}`, `"đá!"`, true}, // three characters, five bytes
+		{`{"maxLength":3}`, `"đá!!"`, false},
+		{`{"minItems":1}`, `[]`, false},
+		{`{"minProperties":1}`, `{}`, false},
+		{`{"default":"VND","description":"x","title":"y","examples":["z"]}`, `1`, true},
+		{`{"oneOf":[{}]}`, `1`, false}, // unsupported: reported, not skipped
+	}
+	for _, tt := range tests {
+		var schema, value any
+		if err := json.Unmarshal([]byte(tt.schema), &schema); err != nil {
+			t.Fatalf("%s: %v", tt.schema, err)
+		}
+		if err := json.Unmarshal([]byte(tt.value), &value); err != nil {
+			t.Fatalf("%s: %v", tt.value, err)
+		}
+		if problems := c.check(schema, value, "value"); (len(problems) == 0) != tt.ok {
+			t.Errorf("check(%s, %s) = %q, want ok %v", tt.schema, tt.value, problems, tt.ok)
+		}
+	}
 }
 
 // TestDocsPages checks what the browser test cannot see directly: the pages'
