@@ -186,7 +186,7 @@ func readThrough[T any](ctx context.Context, c *cache, key string, load func(con
 	})
 	if err != nil {
 		var zero T
-		return zero, err
+		return zero, translateDBError(err) // the caller's deadline, ending its wait: a 503
 	}
 	return v.(T), nil
 }

@@ -519,7 +519,7 @@ func translateDBError(err error) error {
 	case err == nil, errors.As(err, &ae):
 		return err
 	case errors.Is(err, sql.ErrNoRows):
-		return &apiError{Code: codeNotFound, Message: "Resource not found"}
+		return &apiError{Code: codeNotFound, Message: "The requested resource was not found"}
 	}
 	if pqErr := pq.As(err); pqErr != nil {
 		invalid := func(message string) error {

@@ -536,7 +536,7 @@ func TestHTTPCORS(t *testing.T) {
 			wantHeader := map[string]string{
 				"Access-Control-Allow-Origin":      tc.allowed,
 				"Access-Control-Allow-Credentials": "true",
-				"Access-Control-Expose-Headers":    "X-Request-ID",
+				"Access-Control-Expose-Headers":    corsExposeHeaders,
 			}
 			if tc.status == http.StatusNoContent {
 				wantHeader["Access-Control-Allow-Methods"] = corsAllowMethods

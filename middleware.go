@@ -207,7 +207,8 @@ func isProbe(r *http.Request) bool {
 // Values sent to an allowed origin's preflight.
 const (
 	corsAllowMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-	corsAllowHeaders = "Accept, Authorization, Content-Type, X-Request-ID"
+	corsAllowHeaders = "Accept, Authorization, Content-Type, If-Match, If-None-Match, X-Request-ID"
+	corsExposeHeaders = "ETag, Location, Retry-After, WWW-Authenticate, X-Request-ID"
 	corsMaxAge       = "600"
 )
 
@@ -235,7 +236,7 @@ func (s *server) cors(next http.Handler) http.Handler {
 		if ok {
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Set("Access-Control-Allow-Credentials", "true")
-			h.Set("Access-Control-Expose-Headers", headerRequestID)
+			h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
 		}
 		switch {
 		case preflight && ok:

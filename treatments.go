@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -77,6 +78,7 @@ func readTreatmentInput(r *http.Request, partial bool) (treatmentInput, error) {
 		*in.Name = strings.TrimSpace(*in.Name)
 		n := utf8.RuneCountInString(*in.Name)
 		body.check("name", n >= 1 && n <= 120, "must be 1 to 120 characters, not counting spaces around them")
+		body.check("name", !strings.ContainsFunc(*in.Name, invisible), "must not contain control or invisible formatting characters")
 	}
 	if in.Description != nil {
 		body.check("description", utf8.RuneCountInString(*in.Description) <= 2000, "must be at most 2000 characters")
@@ -90,10 +92,17 @@ func readTreatmentInput(r *http.Request, partial bool) (treatmentInput, error) {
 	if c := in.Currency; c != nil {
 		body.check("currency", isCurrencyCode(*c), "must be an ISO 4217 code of three capital letters, such as VND")
 	}
-	if partial && in == (treatmentInput{}) && len(body.problems) == 0 {
+	if partial && len(body.members) == 0 {
 		body.add("", "sets no field: send at least one to change")
 	}
 	return in, body.err()
+}
+
+// invisible reports whether r is a control or formatting character (a line
+// break, a zero-width space, a byte-order mark): a name holding one would
+// look like another name and slip past the uniqueness rule.
+func invisible(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }
 
 // isCurrencyCode reports whether s has the form of an ISO 4217 code.
