@@ -206,10 +206,10 @@ func isProbe(r *http.Request) bool {
 
 // Values sent to an allowed origin's preflight.
 const (
-	corsAllowMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-	corsAllowHeaders = "Accept, Authorization, Content-Type, If-Match, If-None-Match, X-Request-ID"
+	corsAllowMethods  = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+	corsAllowHeaders  = "Accept, Authorization, Content-Type, If-Match, If-None-Match, X-Request-ID"
 	corsExposeHeaders = "ETag, Location, Retry-After, WWW-Authenticate, X-Request-ID"
-	corsMaxAge       = "600"
+	corsMaxAge        = "600"
 )
 
 // cors answers exact origins from CORS_ORIGINS with credentials allowed. A
