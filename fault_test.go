@@ -1017,3 +1017,247 @@ func faultDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }
+
+// The treatment menu under faults: the API's reads and writes through a
+// PostgreSQL restart, a silent PostgreSQL and a Redis killed mid-run.
+
+// TestFaultTreatmentsPostgresRestart restarts a private PostgreSQL with
+// `pg_ctl restart -m fast` while a client sends the menu sequential POSTs
+// and GETs (CACHE_TTL=0: every read reaches PostgreSQL). Once it is back no
+// request fails, and no POST is applied twice: each 201 is in the database
+// once under its id, and a POST that failed while PostgreSQL was down is
+// there at most once. Beside it, servers whose pools hold only connections
+// from before the restart each send one kind of request first: a POST and
+// a PATCH (BEGIN on a dead connection), a GET by id and of the list, and
+// /health/db (the probe pool). Each must succeed at once.
+func TestFaultTreatmentsPostgresRestart(t *testing.T) {
+	t.Parallel()
+	pg := startPrivatePostgres(t)
+	migrateTestDatabase(t, pg.url)
+	serve := func() (*server, string) {
+		s, _ := newTestServer(t, testConfig(t, pg.url, "CACHE_TTL=0", "HEALTH_CACHE_TTL=0"))
+		return s, startTestServer(t, s).URL
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	_, base := serve()
+	seed := faultSend(client, http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody("Restart seed"))
+	if seed.status != http.StatusCreated {
+		t.Fatalf("POST the seed treatment = %d %v %s, want 201", seed.status, seed.err, seed.body)
+	}
+	seedID := seed.id()
+
+	// The quiet servers: two established idle connections and the probe's,
+	// all of which the restart ends.
+	quiet := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		want   int
+	}{
+		{"POST", http.MethodPost, "/api/v1/treatments", faultTreatmentBody("Restart first POST"), http.StatusCreated},
+		{"PATCH", http.MethodPatch, "/api/v1/treatments/" + seedID, `{"price": 510000}`, http.StatusOK},
+		{"GET by id", http.MethodGet, "/api/v1/treatments/" + seedID, "", http.StatusOK},
+		{"GET list", http.MethodGet, "/api/v1/treatments?limit=5", "", http.StatusOK},
+		{"GET /health/db", http.MethodGet, "/health/db", "", http.StatusOK},
+	}
+	quietBases := make([]string, len(quiet))
+	for i := range quiet {
+		s, b := serve()
+		faultFillPool(t, s.db, 2)
+		mustf(t, s.db.ping(context.Background()), "open the probe connection")
+		quietBases[i] = b
+	}
+
+	// The client: POST, GET it, GET the list, /health/db, until stopped.
+	stop := make(chan struct{})
+	done := make(chan []faultCall)
+	go func() {
+		var calls []faultCall
+		lastID := seedID
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- calls
+				return
+			default:
+			}
+			var c faultCall
+			switch i % 4 {
+			case 0:
+				name := fmt.Sprintf("Restart ritual %04d", i/4)
+				c = faultSend(client, http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody(name))
+				c.name = name
+				if c.status == http.StatusCreated {
+					lastID = c.id()
+				}
+			case 1:
+				c = faultSend(client, http.MethodGet, base+"/api/v1/treatments/"+lastID, "")
+			case 2:
+				c = faultSend(client, http.MethodGet, base+"/api/v1/treatments?limit=5", "")
+			case 3:
+				c = faultSend(client, http.MethodGet, base+"/health/db", "")
+			}
+			calls = append(calls, c)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(time.Second)
+	downAt := time.Now()
+	pg.restart()
+	upAt := time.Now()
+
+	// The first request of each quiet server, on a pool of dead connections.
+	for i, q := range quiet {
+		c := faultSend(client, q.method, quietBases[i]+q.path, q.body)
+		if c.err != nil || c.status != q.want {
+			t.Errorf("%s first after the restart, on dead pooled connections = %d %v %s, want %d", q.name, c.status, c.err, c.body, q.want)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	calls := <-done
+
+	// Every answer: a success, or, only while PostgreSQL was down, a 503.
+	var before, during, after, failed int
+	created := map[string]string{} // name: id, of every 201
+	var failedPOSTs []string
+	for _, c := range calls {
+		switch {
+		case c.end.Before(downAt):
+			before++
+		case c.start.After(upAt):
+			after++
+		default:
+			during++
+		}
+		if c.err == nil && c.status < 300 {
+			if c.method == http.MethodPost {
+				created[c.name] = c.id()
+			}
+			continue
+		}
+		failed++
+		overlaps := c.start.Before(upAt) && c.end.After(downAt)
+		switch {
+		case !overlaps:
+			t.Errorf("%s %s %v from the restart = %d %v %s, want success: PostgreSQL was up", c.method, c.path, c.start.Sub(downAt), c.status, c.err, c.body)
+		case c.err != nil || c.status != http.StatusServiceUnavailable:
+			t.Errorf("%s %s during the restart = %d %v %s, want 503", c.method, c.path, c.status, c.err, c.body)
+		case c.path != "/health/db" && c.errorCode() != string(codeDatabase):
+			t.Errorf("%s %s during the restart = %s, want the %s envelope", c.method, c.path, c.body, codeDatabase)
+		}
+		if c.method == http.MethodPost {
+			failedPOSTs = append(failedPOSTs, c.name)
+		}
+	}
+
+	// What the database holds, by name.
+	db, err := sql.Open("postgres", pg.url)
+	mustf(t, err, "open the private PostgreSQL")
+	defer db.Close()
+	rows := map[string][]string{}
+	mustf(t, faultTreatmentRows(db, rows), "read the treatments")
+	for name, id := range created {
+		if got := rows[name]; len(got) != 1 || got[0] != id {
+			t.Errorf("treatment %q answered 201 with id %s; the database holds it under ids %v, want exactly [%s]", name, id, got, id)
+		}
+	}
+	applied := 0
+	for _, name := range failedPOSTs {
+		switch n := len(rows[name]); {
+		case n > 1:
+			t.Errorf("treatment %q, whose POST failed during the restart, is in the database %d times, want at most once", name, n)
+		case n == 1:
+			applied++
+		}
+	}
+	if before < 20 || after < 20 {
+		t.Errorf("requests before the restart = %d, after = %d: want at least 20 each (is the client running?)", before, after)
+	}
+	t.Logf("restart took %v; %d requests: %d before, %d during, %d after; %d failed, all during the restart (%d POSTs, %d of them applied); %d POSTs answered 201, each in the database once",
+		upAt.Sub(downAt).Round(time.Millisecond), len(calls), before, during, after, failed, len(failedPOSTs), applied, len(created))
+}
+
+// faultTreatmentBody is the body of a POST creating the treatment name.
+func faultTreatmentBody(name string) string {
+	return fmt.Sprintf(`{"name": %q, "duration_minutes": 60, "price": 450000}`, name)
+}
+
+// faultTreatmentRows adds every treatment's id to rows under its name.
+func faultTreatmentRows(db *sql.DB, rows map[string][]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rs, err := db.QueryContext(ctx, "SELECT name, id FROM treatments")
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var name, id string
+		if err := rs.Scan(&name, &id); err != nil {
+			return err
+		}
+		rows[name] = append(rows[name], id)
+	}
+	return rs.Err()
+}
+
+// faultCall is one request of the treatment fault tests, with its answer.
+type faultCall struct {
+	method, path string
+	name         string // of the treatment a POST creates
+	start, end   time.Time
+	status       int
+	body         []byte
+	err          error
+}
+
+// faultSend sends one request, with body as JSON unless it is "", and
+// reads the whole answer.
+func faultSend(client *http.Client, method, target, body string) faultCall {
+	c := faultCall{method: method, start: time.Now()}
+	if u, err := url.Parse(target); err == nil {
+		c.path = u.RequestURI()
+	}
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, target, rd)
+	if err == nil {
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		var resp *http.Response
+		if resp, err = client.Do(req); err == nil {
+			c.status = resp.StatusCode
+			c.body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+	}
+	c.err, c.end = err, time.Now()
+	return c
+}
+
+// id is data.id of a success envelope, "" if there is none.
+func (c faultCall) id() string {
+	var env struct {
+		Data struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Data.ID
+}
+
+// errorCode is error.code of an error envelope, "" if there is none.
+func (c faultCall) errorCode() string {
+	var env struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Error.Code
+}
