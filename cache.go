@@ -184,8 +184,11 @@ func readThrough[T any](ctx context.Context, c *cache, key string, load func(con
 		return v, err
 	})
 	if err != nil {
+		// A caller whose deadline ends before the shared load's gets its
+		// context's error here, which load would have answered with: a
+		// 503 DATABASE_ERROR, not a 500.
 		var zero T
-		return zero, err
+		return zero, translateDBError(err)
 	}
 	return v.(T), nil
 }
