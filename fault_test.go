@@ -1261,3 +1261,236 @@ func (c faultCall) errorCode() string {
 	_ = json.Unmarshal(c.body, &env)
 	return env.Error.Code
 }
+
+// TestFaultTreatmentsStalled stalls PostgreSQL (the proxy forwards nothing)
+// for 6 s while 8 clients send the menu's reads and writes, with
+// REQUEST_TIMEOUT=1s, DB_POOL_TIMEOUT=5s and a pool of 2. Every request
+// answers 503 DATABASE_ERROR within REQUEST_TIMEOUT + 1 s, the POSTs and
+// PATCHes through withTx too, and none of their writes is applied later.
+// Each timed-out request leaves its query behind (lib/pq cannot interrupt
+// a read blocked on a silent server): the goroutines holding such work stay
+// at the pool's size, and the total stays flat, however many requests time
+// out. After the heal everything works again. Not parallel: it counts
+// goroutines.
+func TestFaultTreatmentsStalled(t *testing.T) {
+	const (
+		requestTimeout = time.Second
+		poolSize       = 2
+		clients        = 8
+		stallFor       = 6 * time.Second
+	)
+	requireRedis(t)
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	proxy := startFaultProxy(t, urlHost(t, dbURL))
+	s, logs := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr), "REQUEST_TIMEOUT=1s", "DB_POOL_TIMEOUT=5s",
+		"DB_POOL_SIZE="+strconv.Itoa(poolSize), "DB_MAX_OVERFLOW=0"))
+	ts := startTestServer(t, s)
+	api := ts.URL + "/api/v1/treatments"
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+
+	// Treatments to read and change. Nothing reads them by id before the
+	// stall, so the cache holds none of them and every read needs PostgreSQL.
+	var ids []string
+	for i := range 4 {
+		c := faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Stall seed %d", i)))
+		if c.status != http.StatusCreated {
+			t.Fatalf("POST a seed treatment = %d %v %s, want 201", c.status, c.err, c.body)
+		}
+		ids = append(ids, c.id())
+	}
+	// send is request i of client n: the list, one by id, a POST, a PATCH.
+	send := func(n, i int) faultCall {
+		id := ids[(n+i)%len(ids)]
+		switch i % 4 {
+		case 0:
+			return faultSend(client, http.MethodGet, api+"?limit=5", "")
+		case 1:
+			return faultSend(client, http.MethodGet, api+"/"+id, "")
+		case 2:
+			name := fmt.Sprintf("Stalled %d-%d", n, i)
+			c := faultSend(client, http.MethodPost, api, faultTreatmentBody(name))
+			c.name = name
+			return c
+		default:
+			return faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
+		}
+	}
+	faultFillPool(t, s.db, poolSize) // queries hang on established connections, not in a handshake
+	before := faultSettledGoroutines(proxy)
+
+	// The clients, and a sampler of what waits on PostgreSQL.
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var calls []faultCall
+	var wg sync.WaitGroup
+	for n := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c := send(n, i)
+				mu.Lock()
+				calls = append(calls, c)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	stallAt := time.Now()
+	proxy.stall()
+	var samples []faultSample
+	for time.Since(stallAt) < stallFor {
+		time.Sleep(100 * time.Millisecond)
+		samples = append(samples, takeFaultSample(s, proxy, stallAt))
+	}
+	healAt := time.Now()
+	proxy.heal()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	// Every answer in time; while stalled, the DATABASE_ERROR envelope.
+	timedOut := map[string]int{}
+	var stalledPOSTs []string
+	created := map[string]string{}
+	recovered := 0
+	for _, c := range calls {
+		kind := c.method + " /api/v1/treatments"
+		if c.method != http.MethodPost && !strings.HasPrefix(c.path, "/api/v1/treatments?") {
+			kind += "/{id}"
+		}
+		if c.err != nil {
+			t.Errorf("%s %s: %v, want an answer", c.method, c.path, c.err)
+			continue
+		}
+		if d := c.end.Sub(c.start); d > requestTimeout+time.Second {
+			t.Errorf("%s %s took %v (at %v from the stall), want at most REQUEST_TIMEOUT (%v) + 1s", c.method, c.path, d, c.start.Sub(stallAt), requestTimeout)
+		}
+		if c.status == http.StatusCreated {
+			created[c.name] = c.id()
+		}
+		switch {
+		case c.start.After(stallAt.Add(50*time.Millisecond)) && c.end.Before(healAt):
+			if c.status != http.StatusServiceUnavailable || c.errorCode() != string(codeDatabase) {
+				t.Errorf("%s %s with PostgreSQL stalled = %d %s, want 503 %s", c.method, c.path, c.status, c.body, codeDatabase)
+			}
+			timedOut[kind]++
+			if c.method == http.MethodPost {
+				stalledPOSTs = append(stalledPOSTs, c.name)
+			}
+		case c.start.After(healAt.Add(time.Second)):
+			recovered++
+			if c.status >= 300 {
+				t.Errorf("%s %s %v after the heal = %d %s, want success", c.method, c.path, c.start.Sub(healAt), c.status, c.body)
+			}
+		}
+	}
+	total := 0
+	for kind, n := range timedOut {
+		total += n
+		if n < 4 {
+			t.Errorf("%s requests answered 503 while stalled = %d, want at least 4", kind, n)
+		}
+	}
+	if len(timedOut) < 4 || total < 8*poolSize || recovered < 20 {
+		t.Errorf("requests answered 503 while stalled = %v, after the heal %d: want 4 kinds, at least %d in all, and 20 after (is the load running?)",
+			timedOut, recovered, 8*poolSize)
+	}
+
+	// Abandoned work stays within the pool: no more goroutines hold a
+	// query, cancel one or dial than there are connections, and the total
+	// does not grow while requests keep timing out.
+	settled := requestTimeout + 500*time.Millisecond // every client has timed out once
+	var early, late, peak faultSample
+	for _, sm := range samples {
+		peak = peak.max(sm)
+		switch {
+		case sm.at < settled:
+		case sm.at < settled+time.Second:
+			early = early.max(sm)
+		case sm.at > stallFor-time.Second:
+			late = late.max(sm)
+		}
+	}
+	if peak.inUse > poolSize || peak.querying > poolSize || peak.cancelling > poolSize || peak.dialing > poolSize {
+		t.Errorf("while stalled, at most: %d connections in use, %d goroutines running a query, %d cancelling one, %d dialing; want each <= the pool size %d",
+			peak.inUse, peak.querying, peak.cancelling, peak.dialing, poolSize)
+	}
+	const tolerance = 8
+	if late.goroutines > early.goroutines+tolerance {
+		t.Errorf("goroutines (less the proxy's) = %d at most in the stall's last second, %d in its second one: want no more than %d more, however many requests time out",
+			late.goroutines, early.goroutines, tolerance)
+	}
+
+	// After the heal: the abandoned queries end, the writes that timed out
+	// were never applied, and every kind of request succeeds.
+	if !waitFor(3*time.Second, func() bool { return s.db.pool.Stats().InUse == 0 }) {
+		t.Errorf("pool in use = %d 3 s after the heal, want the abandoned queries' connections back", s.db.pool.Stats().InUse)
+	}
+	rows := map[string][]string{}
+	db, err := sql.Open("postgres", dbURL)
+	mustf(t, err, "open the test database")
+	defer db.Close()
+	mustf(t, faultTreatmentRows(db, rows), "read the treatments")
+	for _, name := range stalledPOSTs {
+		if len(rows[name]) != 0 {
+			t.Errorf("treatment %q, whose POST answered 503 while PostgreSQL was stalled, is in the database: want it never applied", name)
+		}
+	}
+	for name, id := range created {
+		if got := rows[name]; len(got) != 1 || got[0] != id {
+			t.Errorf("treatment %q answered 201 with id %s; the database holds ids %v, want exactly [%s]", name, id, got, id)
+		}
+	}
+	for i := range 4 {
+		if c := send(clients, i); c.err != nil || c.status >= 300 {
+			t.Errorf("%s %s after the heal = %d %v %s, want success", c.method, c.path, c.status, c.err, c.body)
+		}
+	}
+	client.CloseIdleConnections()
+	wantFaultGoroutines(t, proxy, before)
+	t.Logf("%d requests; while stalled %d answered 503 (%v), %d succeeded after the heal; at most %d goroutines (%d before the stall, %d in its second second, %d in its last), %d in use, %d querying, %d cancelling, %d dialing",
+		len(calls), total, timedOut, recovered, peak.goroutines, before, early.goroutines, late.goroutines, peak.inUse, peak.querying, peak.cancelling, peak.dialing)
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// faultSample is what waits on PostgreSQL at one moment of a stall.
+type faultSample struct {
+	at         time.Duration // since the stall began
+	goroutines int           // less the proxy's
+	inUse      int           // pooled connections taken
+	querying   int           // goroutines of database.bounded: work on a connection
+	cancelling int           // lib/pq's watchers, sending a cancel request
+	dialing    int           // boundedConnector's handshakes
+}
+
+// takeFaultSample counts, from every goroutine's stack, those that hold or
+// open a connection of s.
+func takeFaultSample(s *server, proxy *faultProxy, since time.Time) faultSample {
+	dump := goroutineDump()
+	// Test binaries name package main by its import path.
+	createdBy := func(fn string) int { return strings.Count(dump, fn+" in goroutine ") }
+	return faultSample{
+		at:         time.Since(since),
+		goroutines: faultGoroutines(proxy),
+		inUse:      s.db.pool.Stats().InUse,
+		querying:   createdBy(".(*database).bounded"),
+		cancelling: createdBy("github.com/lib/pq.(*conn).watchCancel"),
+		dialing:    createdBy(".boundedConnector.Connect"),
+	}
+}
+
+// max is the larger of each count of a and b.
+func (a faultSample) max(b faultSample) faultSample {
+	return faultSample{at: max(a.at, b.at), goroutines: max(a.goroutines, b.goroutines), inUse: max(a.inUse, b.inUse),
+		querying: max(a.querying, b.querying), cancelling: max(a.cancelling, b.cancelling), dialing: max(a.dialing, b.dialing)}
+}
