@@ -79,11 +79,11 @@ func (c *cache) do(ctx context.Context, cmd string, args ...any) (any, error) {
 	return redis.DoContext(conn, ctx, cmd, args...)
 }
 
-// get reads key into dest. It reports false on a miss, when Redis is down and
-// when the stored value is not valid JSON for dest.
+// get reads key into dest. It reports false on a miss (a tombstone is one),
+// when Redis is down and when the stored value is not valid JSON for dest.
 func (c *cache) get(ctx context.Context, key string, dest any) bool {
 	b, err := redis.Bytes(c.do(ctx, "GET", key))
-	if errors.Is(err, redis.ErrNil) {
+	if errors.Is(err, redis.ErrNil) || (err == nil && string(b) == tombstone) {
 		return false
 	}
 	if err != nil {

@@ -391,3 +391,21 @@ func TestReadThroughCallerDeadline(t *testing.T) {
 		t.Errorf("readThrough whose caller's deadline ends first = %v, want an *apiError %s", err, codeDatabase)
 	}
 }
+
+// TestCacheTombstoneIsAQuietMiss: a key that invalidate replaced is a miss
+// that logs nothing, so that the rate-limited warning stays free for a real
+// failure of Redis.
+func TestCacheTombstoneIsAQuietMiss(t *testing.T) {
+	t.Parallel()
+	c, logs := newTestCache(t)
+	ctx := context.Background()
+	key := testKeyPrefix(t) + "written"
+	c.invalidate(ctx, key)
+	var v string
+	if c.get(ctx, key, &v) {
+		t.Errorf("get(%s) after invalidate = hit %q, want a miss", key, v)
+	}
+	if warned := logLines(logs.String(), "level=WARN"); len(warned) > 0 {
+		t.Errorf("get(%s) after invalidate logged %q, want nothing: a tombstone is no failure", key, warned)
+	}
+}
