@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -1493,4 +1494,153 @@ func takeFaultSample(s *server, proxy *faultProxy, since time.Time) faultSample 
 func (a faultSample) max(b faultSample) faultSample {
 	return faultSample{at: max(a.at, b.at), goroutines: max(a.goroutines, b.goroutines), inUse: max(a.inUse, b.inUse),
 		querying: max(a.querying, b.querying), cancelling: max(a.cancelling, b.cancelling), dialing: max(a.dialing, b.dialing)}
+}
+
+// TestFaultTreatmentsRedisRestart kills a private redis-server while 4
+// clients read and write the menu with the cache on, and starts it again on
+// the same port 2 s later. Every request succeeds throughout; the cache's
+// failure is logged a few times at most (the warning is rate-limited), not
+// once a request, and nothing is logged while Redis is up. Once Redis is
+// back a GET is served from it again: it runs no SQL (DB_ECHO).
+func TestFaultTreatmentsRedisRestart(t *testing.T) {
+	t.Parallel()
+	const clients = 4
+	redis := startPrivateRedis(t, testRedisPassword)
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	s, logs := newTestServer(t, testConfig(t, dbURL, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(redis.port),
+		"REDIS_PASSWORD="+testRedisPassword, "CACHE_TTL=1m", "DB_ECHO=true"))
+	api := startTestServer(t, s).URL + "/api/v1/treatments"
+	client := &http.Client{Timeout: 10 * time.Second}
+
+	// Treatments the clients read and change, and one nobody changes: the
+	// probe of the cache.
+	create := func(name string) string {
+		t.Helper()
+		c := faultSend(client, http.MethodPost, api, faultTreatmentBody(name))
+		if c.status != http.StatusCreated {
+			t.Fatalf("POST %q = %d %v %s, want 201", name, c.status, c.err, c.body)
+		}
+		return c.id()
+	}
+	var ids []string
+	for i := range clients {
+		ids = append(ids, create(fmt.Sprintf("Redis seed %d", i)))
+	}
+	probe := api + "/" + create("Redis cache probe")
+	if !faultServedFromCache(t, client, probe, logs) {
+		t.Fatalf("GET %s twice with Redis up: the second ran SQL too, want it served from Redis; log:\n%s", probe, logs)
+	}
+
+	// The clients: one by id, the list, a POST, a PATCH, until stopped.
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var calls []faultCall
+	var wg sync.WaitGroup
+	for n := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var c faultCall
+				switch id := ids[(n+i)%len(ids)]; i % 4 {
+				case 0:
+					c = faultSend(client, http.MethodGet, api+"/"+id, "")
+				case 1:
+					c = faultSend(client, http.MethodGet, api+"?limit=5", "")
+				case 2:
+					c = faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Redis ritual %d-%d", n, i)))
+				default:
+					c = faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
+				}
+				mu.Lock()
+				calls = append(calls, c)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	killAt := time.Now()
+	redis.stop()
+	time.Sleep(2 * time.Second)
+	restartAt := time.Now()
+	redis.start()
+	upAt := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	// Every request succeeds, and in time, whatever Redis does.
+	down := 0
+	for _, c := range calls {
+		if c.err != nil || c.status >= 300 {
+			t.Errorf("%s %s at %v from the kill = %d %v %s, want success: Redis is optional", c.method, c.path, c.start.Sub(killAt), c.status, c.err, c.body)
+		}
+		if d := c.end.Sub(c.start); d > 2*redisTimeout+time.Second {
+			t.Errorf("%s %s at %v from the kill took %v, want at most %v", c.method, c.path, c.start.Sub(killAt), d, 2*redisTimeout+time.Second)
+		}
+		if c.start.After(killAt.Add(50*time.Millisecond)) && c.end.Before(restartAt) {
+			down++
+		}
+	}
+	if down < 20 {
+		t.Errorf("requests while Redis was down = %d, want at least 20 (is the load running?)", down)
+	}
+
+	// The warnings: only while Redis was away, and rate-limited.
+	var warned []time.Time
+	for _, line := range logLines(logs.String(), "level=WARN", `msg="cache `) {
+		at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(strings.Fields(line)[0], "time="))
+		mustf(t, err, "the time of log line %q", line)
+		warned = append(warned, at)
+		if at.Before(killAt) || at.After(upAt.Add(time.Second)) {
+			t.Errorf("cache warning %v from the kill, with Redis up: %s", at.Sub(killAt), line)
+		}
+	}
+	if len(warned) < 1 || len(warned) > 2 {
+		t.Errorf("cache warnings = %d for %d requests while Redis was down, want 1 or 2 (one per 5 s):\n%s",
+			len(warned), down, strings.Join(logLines(logs.String(), "level=WARN"), "\n"))
+	}
+
+	// The cache works again.
+	var hit bool
+	if !waitFor(2*time.Second, func() bool { hit = faultServedFromCache(t, client, probe, logs); return hit }) {
+		t.Errorf("GET %s twice %v after Redis came back: the second still runs SQL, want it served from Redis", probe, time.Since(upAt))
+	}
+	t.Logf("%d requests, all answered 2xx; %d while Redis was down, for which %d cache warning(s) were logged; Redis served a GET again, checked %v after its return",
+		len(calls), down, len(warned), time.Since(upAt).Round(100*time.Millisecond))
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// faultServedFromCache GETs target twice and reports whether both answered
+// 200 with the same body and the second ran no SQL: it came from Redis.
+func faultServedFromCache(t *testing.T, client *http.Client, target string, logs *syncBuffer) bool {
+	t.Helper()
+	statements := func() int { return len(logLines(logs.String(), "msg=sql", "FROM treatments WHERE id")) }
+	first := faultSend(client, http.MethodGet, target, "")
+	before := statements()
+	second := faultSend(client, http.MethodGet, target, "")
+	if first.status != http.StatusOK || second.status != http.StatusOK || !bytes.Equal(first.data(), second.data()) {
+		t.Errorf("GET %s twice = %d %v %s, then %d %v %s; want 200 with the same treatment", target,
+			first.status, first.err, first.body, second.status, second.err, second.body)
+		return false
+	}
+	return statements() == before
+}
+
+// data is the data member of a success envelope, nil if there is none.
+func (c faultCall) data() json.RawMessage {
+	var env struct {
+		Data json.RawMessage `json:"data"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Data
 }
