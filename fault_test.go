@@ -1420,9 +1420,11 @@ func TestFaultTreatmentsStalled(t *testing.T) {
 			late = late.max(sm)
 		}
 	}
-	if peak.inUse > poolSize || peak.querying > poolSize || peak.cancelling > poolSize || peak.dialing > poolSize {
-		t.Errorf("while stalled, at most: %d connections in use, %d goroutines running a query, %d cancelling one, %d dialing; want each <= the pool size %d",
-			peak.inUse, peak.querying, peak.cancelling, peak.dialing, poolSize)
+	// lib/pq watches a transaction's context and its statement's: a stuck
+	// write on one connection may send two cancel requests.
+	if peak.inUse > poolSize || peak.querying > poolSize || peak.dialing > poolSize || peak.cancelling > 2*poolSize {
+		t.Errorf("while stalled, at most: %d connections in use, %d goroutines running a query, %d dialing, %d cancelling one; want the pool size %d, twice that cancelling",
+			peak.inUse, peak.querying, peak.dialing, peak.cancelling, poolSize)
 	}
 	const tolerance = 8
 	if late.goroutines > early.goroutines+tolerance {
