@@ -1646,3 +1646,42 @@ func (c faultCall) data() json.RawMessage {
 	_ = json.Unmarshal(c.body, &env)
 	return env.Data
 }
+
+// TestFaultTreatmentsDeadlineMidTransaction: a PATCH whose deadline ends
+// while its transaction holds the row answers DATABASE_ERROR at the
+// deadline; the abandoned transaction, which goes on in the background, is
+// rolled back, and nothing reads what it still writes (under -race, a read
+// of the treatment it fills fails the test).
+func TestFaultTreatmentsDeadlineMidTransaction(t *testing.T) {
+	t.Parallel()
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	s, _ := newTestServer(t, testConfig(t, dbURL))
+	ctx := context.Background()
+	name, minutes, price := "Deadline ritual", int64(60), int64(450000)
+	orig, err := createTreatment(ctx, s.db, treatmentInput{Name: &name, DurationMinutes: &minutes, Price: &price})
+	mustf(t, err, "create a treatment")
+
+	const deadline = 200 * time.Millisecond
+	reqCtx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	cheaper := int64(1000)
+	start := time.Now()
+	_, err = updateTreatment(reqCtx, s.db, orig.ID, treatmentInput{Price: &cheaper}, func(string) error {
+		<-reqCtx.Done() // the row is locked and read; the request gives up
+		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	elapsed := time.Since(start)
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Code != codeDatabase || elapsed > deadline+time.Second {
+		t.Errorf("updateTreatment whose deadline ends mid-transaction = %v after %v, want an *apiError %s at the deadline (%v)", err, elapsed, codeDatabase, deadline)
+	}
+	if !waitFor(5*time.Second, func() bool { return s.db.pool.Stats().InUse == 0 }) {
+		t.Fatalf("pool in use = %d 5 s after the deadline, want the abandoned transaction's connection back", s.db.pool.Stats().InUse)
+	}
+	got, err := getTreatment(ctx, s.db, orig.ID)
+	if err != nil || got.Price != orig.Price {
+		t.Errorf("getTreatment after the abandoned PATCH = price %d, %v; want %d, nil: it must not be applied", got.Price, err, orig.Price)
+	}
+}
