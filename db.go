@@ -288,8 +288,9 @@ func isTimeout(err error) bool {
 // background, so what fn writes may be read only when withConn returned
 // nil, as with withTx and the queries built on them. A connection that died
 // while idle (PostgreSQL restarted) fails fn with driver.ErrBadConn before
-// anything is sent (deadlineConn.Write sees to it): it is dropped, and fn
-// runs again on another, so a restart fails no request. Writes belong in
+// anything took effect (lib/pq reads the FATAL the server sent as it shut
+// down, or EOF, or cannot send at all): it is dropped, and fn runs again on
+// another, so a restart fails no request. Writes belong in
 // withTx, which never runs one twice. Errors come back translated for
 // writeError.
 func (d *database) withConn(ctx context.Context, fn func(*sql.Conn) error) error {
