@@ -80,11 +80,11 @@ func (c *cache) do(ctx context.Context, cmd string, args ...any) (any, error) {
 	return redis.DoContext(conn, ctx, cmd, args...)
 }
 
-// get reads key into dest. It reports false on a miss, when Redis is down and
-// when the stored value is not valid JSON for dest.
+// get reads key into dest. It reports false on a miss (a tombstone is one),
+// when Redis is down and when the stored value is not valid JSON for dest.
 func (c *cache) get(ctx context.Context, key string, dest any) bool {
 	b, err := redis.Bytes(c.do(ctx, "GET", key))
-	if errors.Is(err, redis.ErrNil) {
+	if errors.Is(err, redis.ErrNil) || (err == nil && string(b) == tombstone) {
 		return false
 	}
 	if err != nil {
@@ -185,6 +185,9 @@ func readThrough[T any](ctx context.Context, c *cache, key string, load func(con
 		return v, err
 	})
 	if err != nil {
+		// A caller whose deadline ends before the shared load's gets its
+		// context's error here, which load would have answered with: a
+		// 503 DATABASE_ERROR, not a 500.
 		var zero T
 		return zero, translateDBError(err) // the caller's deadline, ending its wait: a 503
 	}

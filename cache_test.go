@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -364,5 +365,47 @@ func TestCacheWrongPassword(t *testing.T) {
 		if strings.Contains(all, secret) {
 			t.Errorf("password %q appears in logs or responses:\n%s", secret, all)
 		}
+	}
+}
+
+// TestReadThroughCallerDeadline: a caller whose deadline ends while the
+// shared load it waits for still runs gets the 503 DATABASE_ERROR a load of
+// its own would have given, not its context's bare error (a 500).
+func TestReadThroughCallerDeadline(t *testing.T) {
+	t.Parallel()
+	c, _ := newTestCache(t, "REQUEST_TIMEOUT=5s", "CACHE_TTL=1m")
+	key := testKeyPrefix(t) + "slow"
+	release := make(chan struct{})
+	defer close(release) // ends the shared load
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := readThrough(ctx, c, key, func(ctx context.Context) (int, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return 0, translateDBError(ctx.Err())
+	})
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Code != codeDatabase {
+		t.Errorf("readThrough whose caller's deadline ends first = %v, want an *apiError %s", err, codeDatabase)
+	}
+}
+
+// TestCacheTombstoneIsAQuietMiss: a key that invalidate replaced is a miss
+// that logs nothing, so that the rate-limited warning stays free for a real
+// failure of Redis.
+func TestCacheTombstoneIsAQuietMiss(t *testing.T) {
+	t.Parallel()
+	c, logs := newTestCache(t)
+	ctx := context.Background()
+	key := testKeyPrefix(t) + "written"
+	c.invalidate(ctx, key)
+	var v string
+	if c.get(ctx, key, &v) {
+		t.Errorf("get(%s) after invalidate = hit %q, want a miss", key, v)
+	}
+	if warned := logLines(logs.String(), "level=WARN"); len(warned) > 0 {
+		t.Errorf("get(%s) after invalidate logged %q, want nothing: a tombstone is no failure", key, warned)
 	}
 }

@@ -284,10 +284,13 @@ func isTimeout(err error) bool {
 
 // withConn runs fn on a pooled connection, waiting at most DB_POOL_TIMEOUT
 // for one: a request never hangs on an exhausted pool. It returns when ctx
-// ends even if the driver does not (see bounded). A connection that died
+// ends even if the driver does not (see bounded): fn then goes on in the
+// background, so what fn writes may be read only when withConn returned
+// nil, as with withTx and the queries built on them. A connection that died
 // while idle (PostgreSQL restarted) fails fn with driver.ErrBadConn before
-// anything is sent (deadlineConn.Write sees to it): it is dropped, and fn
-// runs again on another, so a restart fails no request. Writes belong in
+// anything took effect (lib/pq reads the FATAL the server sent as it shut
+// down, or EOF, or cannot send at all): it is dropped, and fn runs again on
+// another, so a restart fails no request. Writes belong in
 // withTx, which never runs one twice. Errors come back translated for
 // writeError.
 func (d *database) withConn(ctx context.Context, fn func(*sql.Conn) error) error {
@@ -477,7 +480,10 @@ func (d *database) exec(ctx context.Context, query string, args ...any) (sql.Res
 		res, err = tx.exec(ctx, query, args...)
 		return err
 	})
-	return res, err
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 // queryRow runs a read expected to return one row on a pooled connection

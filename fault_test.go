@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -1016,4 +1017,671 @@ func faultTracedGet(client *http.Client, target string) faultTraced {
 func faultDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// The treatment menu under faults: the API's reads and writes through a
+// PostgreSQL restart, a silent PostgreSQL and a Redis killed mid-run.
+
+// TestFaultTreatmentsPostgresRestart restarts a private PostgreSQL with
+// `pg_ctl restart -m fast` while a client sends the menu sequential POSTs
+// and GETs (CACHE_TTL=0: every read reaches PostgreSQL). Once it is back no
+// request fails, and no POST is applied twice: each 201 is in the database
+// once under its id, and a POST that failed while PostgreSQL was down is
+// there at most once. Beside it, servers whose pools hold only connections
+// from before the restart each send one kind of request first: a POST and
+// a PATCH (BEGIN on a dead connection), a GET by id and of the list, and
+// /health/db (the probe pool). Each must succeed at once.
+func TestFaultTreatmentsPostgresRestart(t *testing.T) {
+	t.Parallel()
+	pg := startPrivatePostgres(t)
+	migrateTestDatabase(t, pg.url)
+	serve := func() (*server, string) {
+		s, _ := newTestServer(t, testConfig(t, pg.url, "CACHE_TTL=0", "HEALTH_CACHE_TTL=0"))
+		return s, startTestServer(t, s).URL
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	_, base := serve()
+	seed := faultSend(client, http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody("Restart seed"))
+	if seed.status != http.StatusCreated {
+		t.Fatalf("POST the seed treatment = %d %v %s, want 201", seed.status, seed.err, seed.body)
+	}
+	seedID := seed.id()
+
+	// The quiet servers: two established idle connections and the probe's,
+	// all of which the restart ends.
+	quiet := []struct {
+		name   string
+		method string
+		path   string
+		body   string
+		want   int
+	}{
+		{"POST", http.MethodPost, "/api/v1/treatments", faultTreatmentBody("Restart first POST"), http.StatusCreated},
+		{"PATCH", http.MethodPatch, "/api/v1/treatments/" + seedID, `{"price": 510000}`, http.StatusOK},
+		{"GET by id", http.MethodGet, "/api/v1/treatments/" + seedID, "", http.StatusOK},
+		{"GET list", http.MethodGet, "/api/v1/treatments?limit=5", "", http.StatusOK},
+		{"GET /health/db", http.MethodGet, "/health/db", "", http.StatusOK},
+	}
+	quietBases := make([]string, len(quiet))
+	for i := range quiet {
+		s, b := serve()
+		faultFillPool(t, s.db, 2)
+		mustf(t, s.db.ping(context.Background()), "open the probe connection")
+		quietBases[i] = b
+	}
+
+	// The client: POST, GET it, GET the list, /health/db, until stopped.
+	stop := make(chan struct{})
+	done := make(chan []faultCall)
+	go func() {
+		var calls []faultCall
+		lastID := seedID
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- calls
+				return
+			default:
+			}
+			var c faultCall
+			switch i % 4 {
+			case 0:
+				name := fmt.Sprintf("Restart ritual %04d", i/4)
+				c = faultSend(client, http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody(name))
+				c.name = name
+				if c.status == http.StatusCreated {
+					lastID = c.id()
+				}
+			case 1:
+				c = faultSend(client, http.MethodGet, base+"/api/v1/treatments/"+lastID, "")
+			case 2:
+				c = faultSend(client, http.MethodGet, base+"/api/v1/treatments?limit=5", "")
+			case 3:
+				c = faultSend(client, http.MethodGet, base+"/health/db", "")
+			}
+			calls = append(calls, c)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(time.Second)
+	downAt := time.Now()
+	pg.restart()
+	upAt := time.Now()
+
+	// The first request of each quiet server, on a pool of dead connections.
+	for i, q := range quiet {
+		c := faultSend(client, q.method, quietBases[i]+q.path, q.body)
+		if c.err != nil || c.status != q.want {
+			t.Errorf("%s first after the restart, on dead pooled connections = %d %v %s, want %d", q.name, c.status, c.err, c.body, q.want)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	calls := <-done
+
+	// Every answer: a success, or, only while PostgreSQL was down, a 503.
+	var before, during, after, failed int
+	created := map[string]string{} // name: id, of every 201
+	var failedPOSTs []string
+	for _, c := range calls {
+		switch {
+		case c.end.Before(downAt):
+			before++
+		case c.start.After(upAt):
+			after++
+		default:
+			during++
+		}
+		if c.err == nil && c.status < 300 {
+			if c.method == http.MethodPost {
+				created[c.name] = c.id()
+			}
+			continue
+		}
+		failed++
+		overlaps := c.start.Before(upAt) && c.end.After(downAt)
+		switch {
+		case !overlaps:
+			t.Errorf("%s %s %v from the restart = %d %v %s, want success: PostgreSQL was up", c.method, c.path, c.start.Sub(downAt), c.status, c.err, c.body)
+		case c.err != nil || c.status != http.StatusServiceUnavailable:
+			t.Errorf("%s %s during the restart = %d %v %s, want 503", c.method, c.path, c.status, c.err, c.body)
+		case c.path != "/health/db" && c.errorCode() != string(codeDatabase):
+			t.Errorf("%s %s during the restart = %s, want the %s envelope", c.method, c.path, c.body, codeDatabase)
+		}
+		if c.method == http.MethodPost {
+			failedPOSTs = append(failedPOSTs, c.name)
+		}
+	}
+
+	// What the database holds, by name.
+	db, err := sql.Open("postgres", pg.url)
+	mustf(t, err, "open the private PostgreSQL")
+	defer db.Close()
+	rows := map[string][]string{}
+	mustf(t, faultTreatmentRows(db, rows), "read the treatments")
+	for name, id := range created {
+		if got := rows[name]; len(got) != 1 || got[0] != id {
+			t.Errorf("treatment %q answered 201 with id %s; the database holds it under ids %v, want exactly [%s]", name, id, got, id)
+		}
+	}
+	applied := 0
+	for _, name := range failedPOSTs {
+		switch n := len(rows[name]); {
+		case n > 1:
+			t.Errorf("treatment %q, whose POST failed during the restart, is in the database %d times, want at most once", name, n)
+		case n == 1:
+			applied++
+		}
+	}
+	if before < 20 || after < 20 {
+		t.Errorf("requests before the restart = %d, after = %d: want at least 20 each (is the client running?)", before, after)
+	}
+	t.Logf("restart took %v; %d requests: %d before, %d during, %d after; %d failed, all during the restart (%d POSTs, %d of them applied); %d POSTs answered 201, each in the database once",
+		upAt.Sub(downAt).Round(time.Millisecond), len(calls), before, during, after, failed, len(failedPOSTs), applied, len(created))
+}
+
+// faultTreatmentBody is the body of a POST creating the treatment name.
+func faultTreatmentBody(name string) string {
+	return fmt.Sprintf(`{"name": %q, "duration_minutes": 60, "price": 450000}`, name)
+}
+
+// faultTreatmentRows adds every treatment's id to rows under its name.
+func faultTreatmentRows(db *sql.DB, rows map[string][]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rs, err := db.QueryContext(ctx, "SELECT name, id FROM treatments")
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var name, id string
+		if err := rs.Scan(&name, &id); err != nil {
+			return err
+		}
+		rows[name] = append(rows[name], id)
+	}
+	return rs.Err()
+}
+
+// faultCall is one request of the treatment fault tests, with its answer.
+type faultCall struct {
+	method, path string
+	name         string // of the treatment a POST creates
+	start, end   time.Time
+	status       int
+	body         []byte
+	err          error
+}
+
+// faultSend sends one request, with body as JSON unless it is "", and
+// reads the whole answer.
+func faultSend(client *http.Client, method, target, body string) faultCall {
+	c := faultCall{method: method, start: time.Now()}
+	if u, err := url.Parse(target); err == nil {
+		c.path = u.RequestURI()
+	}
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, target, rd)
+	if err == nil {
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		var resp *http.Response
+		if resp, err = client.Do(req); err == nil {
+			c.status = resp.StatusCode
+			c.body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+	}
+	c.err, c.end = err, time.Now()
+	return c
+}
+
+// id is data.id of a success envelope, "" if there is none.
+func (c faultCall) id() string {
+	var env struct {
+		Data struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Data.ID
+}
+
+// errorCode is error.code of an error envelope, "" if there is none.
+func (c faultCall) errorCode() string {
+	var env struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Error.Code
+}
+
+// TestFaultTreatmentsStalled stalls PostgreSQL (the proxy forwards nothing)
+// for 6 s while 8 clients send the menu's reads and writes, with
+// REQUEST_TIMEOUT=1s, DB_POOL_TIMEOUT=5s and a pool of 2. Every request
+// answers 503 DATABASE_ERROR within REQUEST_TIMEOUT + 1 s, the POSTs and
+// PATCHes through withTx too, and none of their writes is applied later.
+// Each timed-out request leaves its query behind (lib/pq cannot interrupt
+// a read blocked on a silent server): the goroutines holding such work stay
+// at the pool's size, and the total stays flat, however many requests time
+// out. After the heal everything works again. Not parallel: it counts
+// goroutines.
+func TestFaultTreatmentsStalled(t *testing.T) {
+	const (
+		requestTimeout = time.Second
+		poolSize       = 2
+		clients        = 8
+		stallFor       = 6 * time.Second
+	)
+	requireRedis(t)
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	proxy := startFaultProxy(t, urlHost(t, dbURL))
+	s, logs := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr), "REQUEST_TIMEOUT=1s", "DB_POOL_TIMEOUT=5s",
+		"DB_POOL_SIZE="+strconv.Itoa(poolSize), "DB_MAX_OVERFLOW=0"))
+	ts := startTestServer(t, s)
+	api := ts.URL + "/api/v1/treatments"
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+
+	// Treatments to read and change. Nothing reads them by id before the
+	// stall, so the cache holds none of them and every read needs PostgreSQL.
+	var ids []string
+	for i := range 4 {
+		c := faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Stall seed %d", i)))
+		if c.status != http.StatusCreated {
+			t.Fatalf("POST a seed treatment = %d %v %s, want 201", c.status, c.err, c.body)
+		}
+		ids = append(ids, c.id())
+	}
+	// send is request i of client n: the list, one by id, a POST, a PATCH.
+	send := func(n, i int) faultCall {
+		id := ids[(n+i)%len(ids)]
+		switch i % 4 {
+		case 0:
+			return faultSend(client, http.MethodGet, api+"?limit=5", "")
+		case 1:
+			return faultSend(client, http.MethodGet, api+"/"+id, "")
+		case 2:
+			name := fmt.Sprintf("Stalled %d-%d", n, i)
+			c := faultSend(client, http.MethodPost, api, faultTreatmentBody(name))
+			c.name = name
+			return c
+		default:
+			return faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
+		}
+	}
+	faultFillPool(t, s.db, poolSize) // queries hang on established connections, not in a handshake
+	before := faultSettledGoroutines(proxy)
+
+	// The clients, and a sampler of what waits on PostgreSQL.
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var calls []faultCall
+	var wg sync.WaitGroup
+	for n := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c := send(n, i)
+				mu.Lock()
+				calls = append(calls, c)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	stallAt := time.Now()
+	proxy.stall()
+	var samples []faultSample
+	for time.Since(stallAt) < stallFor {
+		time.Sleep(100 * time.Millisecond)
+		samples = append(samples, takeFaultSample(s, proxy, stallAt))
+	}
+	healAt := time.Now()
+	proxy.heal()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	// Every answer in time; while stalled, the DATABASE_ERROR envelope.
+	timedOut := map[string]int{}
+	var stalledPOSTs []string
+	created := map[string]string{}
+	recovered := 0
+	for _, c := range calls {
+		kind := c.method + " /api/v1/treatments"
+		if c.method != http.MethodPost && !strings.HasPrefix(c.path, "/api/v1/treatments?") {
+			kind += "/{id}"
+		}
+		if c.err != nil {
+			t.Errorf("%s %s: %v, want an answer", c.method, c.path, c.err)
+			continue
+		}
+		if d := c.end.Sub(c.start); d > requestTimeout+time.Second {
+			t.Errorf("%s %s took %v (at %v from the stall), want at most REQUEST_TIMEOUT (%v) + 1s", c.method, c.path, d, c.start.Sub(stallAt), requestTimeout)
+		}
+		if c.status == http.StatusCreated {
+			created[c.name] = c.id()
+		}
+		switch {
+		case c.start.After(stallAt.Add(50*time.Millisecond)) && c.end.Before(healAt):
+			if c.status != http.StatusServiceUnavailable || c.errorCode() != string(codeDatabase) {
+				t.Errorf("%s %s with PostgreSQL stalled = %d %s, want 503 %s", c.method, c.path, c.status, c.body, codeDatabase)
+			}
+			timedOut[kind]++
+			if c.method == http.MethodPost {
+				stalledPOSTs = append(stalledPOSTs, c.name)
+			}
+		case c.start.After(healAt.Add(time.Second)):
+			recovered++
+			if c.status >= 300 {
+				t.Errorf("%s %s %v after the heal = %d %s, want success", c.method, c.path, c.start.Sub(healAt), c.status, c.body)
+			}
+		}
+	}
+	total := 0
+	for kind, n := range timedOut {
+		total += n
+		if n < 4 {
+			t.Errorf("%s requests answered 503 while stalled = %d, want at least 4", kind, n)
+		}
+	}
+	if len(timedOut) < 4 || total < 8*poolSize || recovered < 20 {
+		t.Errorf("requests answered 503 while stalled = %v, after the heal %d: want 4 kinds, at least %d in all, and 20 after (is the load running?)",
+			timedOut, recovered, 8*poolSize)
+	}
+
+	// Abandoned work stays within the pool: no more goroutines hold a
+	// query, cancel one or dial than there are connections, and the total
+	// does not grow while requests keep timing out.
+	settled := requestTimeout + 500*time.Millisecond // every client has timed out once
+	var early, late, peak faultSample
+	for _, sm := range samples {
+		peak = peak.max(sm)
+		switch {
+		case sm.at < settled:
+		case sm.at < settled+time.Second:
+			early = early.max(sm)
+		case sm.at > stallFor-time.Second:
+			late = late.max(sm)
+		}
+	}
+	// lib/pq watches a transaction's context and its statement's: a stuck
+	// write on one connection may send two cancel requests.
+	if peak.inUse > poolSize || peak.querying > poolSize || peak.dialing > poolSize || peak.cancelling > 2*poolSize {
+		t.Errorf("while stalled, at most: %d connections in use, %d goroutines running a query, %d dialing, %d cancelling one; want the pool size %d, twice that cancelling",
+			peak.inUse, peak.querying, peak.dialing, peak.cancelling, poolSize)
+	}
+	const tolerance = 8
+	if late.goroutines > early.goroutines+tolerance {
+		t.Errorf("goroutines (less the proxy's) = %d at most in the stall's last second, %d in its second one: want no more than %d more, however many requests time out",
+			late.goroutines, early.goroutines, tolerance)
+	}
+
+	// After the heal: the abandoned queries end, the writes that timed out
+	// were never applied, and every kind of request succeeds.
+	if !waitFor(3*time.Second, func() bool { return s.db.pool.Stats().InUse == 0 }) {
+		t.Errorf("pool in use = %d 3 s after the heal, want the abandoned queries' connections back", s.db.pool.Stats().InUse)
+	}
+	rows := map[string][]string{}
+	db, err := sql.Open("postgres", dbURL)
+	mustf(t, err, "open the test database")
+	defer db.Close()
+	mustf(t, faultTreatmentRows(db, rows), "read the treatments")
+	for _, name := range stalledPOSTs {
+		if len(rows[name]) != 0 {
+			t.Errorf("treatment %q, whose POST answered 503 while PostgreSQL was stalled, is in the database: want it never applied", name)
+		}
+	}
+	for name, id := range created {
+		if got := rows[name]; len(got) != 1 || got[0] != id {
+			t.Errorf("treatment %q answered 201 with id %s; the database holds ids %v, want exactly [%s]", name, id, got, id)
+		}
+	}
+	for i := range 4 {
+		if c := send(clients, i); c.err != nil || c.status >= 300 {
+			t.Errorf("%s %s after the heal = %d %v %s, want success", c.method, c.path, c.status, c.err, c.body)
+		}
+	}
+	client.CloseIdleConnections()
+	wantFaultGoroutines(t, proxy, before)
+	t.Logf("%d requests; while stalled %d answered 503 (%v), %d succeeded after the heal; at most %d goroutines (%d before the stall, %d in its second second, %d in its last), %d in use, %d querying, %d cancelling, %d dialing",
+		len(calls), total, timedOut, recovered, peak.goroutines, before, early.goroutines, late.goroutines, peak.inUse, peak.querying, peak.cancelling, peak.dialing)
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// faultSample is what waits on PostgreSQL at one moment of a stall.
+type faultSample struct {
+	at         time.Duration // since the stall began
+	goroutines int           // less the proxy's
+	inUse      int           // pooled connections taken
+	querying   int           // goroutines of database.bounded: work on a connection
+	cancelling int           // lib/pq's watchers, sending a cancel request
+	dialing    int           // boundedConnector's handshakes
+}
+
+// takeFaultSample counts, from every goroutine's stack, those that hold or
+// open a connection of s.
+func takeFaultSample(s *server, proxy *faultProxy, since time.Time) faultSample {
+	dump := goroutineDump()
+	// Test binaries name package main by its import path.
+	createdBy := func(fn string) int { return strings.Count(dump, fn+" in goroutine ") }
+	return faultSample{
+		at:         time.Since(since),
+		goroutines: faultGoroutines(proxy),
+		inUse:      s.db.pool.Stats().InUse,
+		querying:   createdBy(".(*database).bounded"),
+		cancelling: createdBy("github.com/lib/pq.(*conn).watchCancel"),
+		dialing:    createdBy(".boundedConnector.Connect"),
+	}
+}
+
+// max is the larger of each count of a and b.
+func (a faultSample) max(b faultSample) faultSample {
+	return faultSample{at: max(a.at, b.at), goroutines: max(a.goroutines, b.goroutines), inUse: max(a.inUse, b.inUse),
+		querying: max(a.querying, b.querying), cancelling: max(a.cancelling, b.cancelling), dialing: max(a.dialing, b.dialing)}
+}
+
+// TestFaultTreatmentsRedisRestart kills a private redis-server while 4
+// clients read and write the menu with the cache on, and starts it again on
+// the same port 2 s later. Every request succeeds throughout; the cache's
+// failure is logged a few times at most (the warning is rate-limited), not
+// once a request, and nothing is logged while Redis is up. Once Redis is
+// back a GET is served from it again: it runs no SQL (DB_ECHO).
+func TestFaultTreatmentsRedisRestart(t *testing.T) {
+	t.Parallel()
+	const clients = 4
+	redis := startPrivateRedis(t, testRedisPassword)
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	s, logs := newTestServer(t, testConfig(t, dbURL, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(redis.port),
+		"REDIS_PASSWORD="+testRedisPassword, "CACHE_TTL=1m", "DB_ECHO=true"))
+	api := startTestServer(t, s).URL + "/api/v1/treatments"
+	client := &http.Client{Timeout: 10 * time.Second}
+
+	// Treatments the clients read and change, and one nobody changes: the
+	// probe of the cache.
+	create := func(name string) string {
+		t.Helper()
+		c := faultSend(client, http.MethodPost, api, faultTreatmentBody(name))
+		if c.status != http.StatusCreated {
+			t.Fatalf("POST %q = %d %v %s, want 201", name, c.status, c.err, c.body)
+		}
+		return c.id()
+	}
+	var ids []string
+	for i := range clients {
+		ids = append(ids, create(fmt.Sprintf("Redis seed %d", i)))
+	}
+	probe := api + "/" + create("Redis cache probe")
+	if !faultServedFromCache(t, client, probe, logs) {
+		t.Fatalf("GET %s twice with Redis up: the second ran SQL too, want it served from Redis; log:\n%s", probe, logs)
+	}
+
+	// The clients: one by id, the list, a POST, a PATCH, until stopped.
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var calls []faultCall
+	var wg sync.WaitGroup
+	for n := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var c faultCall
+				switch id := ids[(n+i)%len(ids)]; i % 4 {
+				case 0:
+					c = faultSend(client, http.MethodGet, api+"/"+id, "")
+				case 1:
+					c = faultSend(client, http.MethodGet, api+"?limit=5", "")
+				case 2:
+					c = faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Redis ritual %d-%d", n, i)))
+				default:
+					c = faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
+				}
+				mu.Lock()
+				calls = append(calls, c)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	killAt := time.Now()
+	redis.stop()
+	time.Sleep(2 * time.Second)
+	restartAt := time.Now()
+	redis.start()
+	upAt := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	// Every request succeeds, and in time, whatever Redis does.
+	down := 0
+	for _, c := range calls {
+		if c.err != nil || c.status >= 300 {
+			t.Errorf("%s %s at %v from the kill = %d %v %s, want success: Redis is optional", c.method, c.path, c.start.Sub(killAt), c.status, c.err, c.body)
+		}
+		if d := c.end.Sub(c.start); d > 2*redisTimeout+time.Second {
+			t.Errorf("%s %s at %v from the kill took %v, want at most %v", c.method, c.path, c.start.Sub(killAt), d, 2*redisTimeout+time.Second)
+		}
+		if c.start.After(killAt.Add(50*time.Millisecond)) && c.end.Before(restartAt) {
+			down++
+		}
+	}
+	if down < 20 {
+		t.Errorf("requests while Redis was down = %d, want at least 20 (is the load running?)", down)
+	}
+
+	// The warnings: only while Redis was away, and rate-limited.
+	var warned []time.Time
+	for _, line := range logLines(logs.String(), "level=WARN", `msg="cache `) {
+		at, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(strings.Fields(line)[0], "time="))
+		mustf(t, err, "the time of log line %q", line)
+		warned = append(warned, at)
+		if at.Before(killAt) || at.After(upAt.Add(time.Second)) {
+			t.Errorf("cache warning %v from the kill, with Redis up: %s", at.Sub(killAt), line)
+		}
+	}
+	if len(warned) < 1 || len(warned) > 2 {
+		t.Errorf("cache warnings = %d for %d requests while Redis was down, want 1 or 2 (one per 5 s):\n%s",
+			len(warned), down, strings.Join(logLines(logs.String(), "level=WARN"), "\n"))
+	}
+
+	// The cache works again.
+	var hit bool
+	if !waitFor(2*time.Second, func() bool { hit = faultServedFromCache(t, client, probe, logs); return hit }) {
+		t.Errorf("GET %s twice %v after Redis came back: the second still runs SQL, want it served from Redis", probe, time.Since(upAt))
+	}
+	t.Logf("%d requests, all answered 2xx; %d while Redis was down, for which %d cache warning(s) were logged; Redis served a GET again, checked %v after its return",
+		len(calls), down, len(warned), time.Since(upAt).Round(100*time.Millisecond))
+	if t.Failed() {
+		t.Logf("server log:\n%s", logs)
+	}
+}
+
+// faultServedFromCache GETs target twice and reports whether both answered
+// 200 with the same body and the second ran no SQL: it came from Redis.
+func faultServedFromCache(t *testing.T, client *http.Client, target string, logs *syncBuffer) bool {
+	t.Helper()
+	statements := func() int { return len(logLines(logs.String(), "msg=sql", "FROM treatments WHERE id")) }
+	first := faultSend(client, http.MethodGet, target, "")
+	before := statements()
+	second := faultSend(client, http.MethodGet, target, "")
+	if first.status != http.StatusOK || second.status != http.StatusOK || !bytes.Equal(first.data(), second.data()) {
+		t.Errorf("GET %s twice = %d %v %s, then %d %v %s; want 200 with the same treatment", target,
+			first.status, first.err, first.body, second.status, second.err, second.body)
+		return false
+	}
+	return statements() == before
+}
+
+// data is the data member of a success envelope, nil if there is none.
+func (c faultCall) data() json.RawMessage {
+	var env struct {
+		Data json.RawMessage `json:"data"`
+	}
+	_ = json.Unmarshal(c.body, &env)
+	return env.Data
+}
+
+// TestFaultTreatmentsDeadlineMidTransaction: a PATCH whose deadline ends
+// while its transaction holds the row answers DATABASE_ERROR at the
+// deadline; the abandoned transaction, which goes on in the background, is
+// rolled back, and nothing reads what it still writes (under -race, a read
+// of the treatment it fills fails the test).
+func TestFaultTreatmentsDeadlineMidTransaction(t *testing.T) {
+	t.Parallel()
+	dbURL := newTestDatabase(t)
+	migrateTestDatabase(t, dbURL)
+	s, _ := newTestServer(t, testConfig(t, dbURL))
+	ctx := context.Background()
+	name, minutes, price := "Deadline ritual", int64(60), int64(450000)
+	orig, err := createTreatment(ctx, s.db, treatmentInput{Name: &name, DurationMinutes: &minutes, Price: &price})
+	mustf(t, err, "create a treatment")
+
+	const deadline = 200 * time.Millisecond
+	reqCtx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	cheaper := int64(1000)
+	start := time.Now()
+	_, err = updateTreatment(reqCtx, s.db, orig.ID, treatmentInput{Price: &cheaper}, func(string) error {
+		<-reqCtx.Done() // the row is locked and read; the request gives up
+		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	elapsed := time.Since(start)
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Code != codeDatabase || elapsed > deadline+time.Second {
+		t.Errorf("updateTreatment whose deadline ends mid-transaction = %v after %v, want an *apiError %s at the deadline (%v)", err, elapsed, codeDatabase, deadline)
+	}
+	if !waitFor(5*time.Second, func() bool { return s.db.pool.Stats().InUse == 0 }) {
+		t.Fatalf("pool in use = %d 5 s after the deadline, want the abandoned transaction's connection back", s.db.pool.Stats().InUse)
+	}
+	got, err := getTreatment(ctx, s.db, orig.ID)
+	if err != nil || got.Price != orig.Price {
+		t.Errorf("getTreatment after the abandoned PATCH = price %d, %v; want %d, nil: it must not be applied", got.Price, err, orig.Price)
+	}
 }

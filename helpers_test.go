@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,12 +19,14 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -677,4 +680,163 @@ func TestMain(m *testing.M) {
 		fmt.Printf("secret scan: none of %d sentinel passwords in %d bytes of output and responses\n", len(sentinels()), secretScan.scanned)
 	}
 	os.Exit(code)
+}
+
+// A private PostgreSQL, for a test that restarts or stops the server under
+// load: initdb in a temporary directory and pg_ctl on a free loopback port,
+// from the OS package's server binaries. initdb refuses to run as root, so a
+// test running as root runs every server command as the postgres user, who
+// then owns the directory.
+
+// privatePostgres is a PostgreSQL server of the test's own.
+type privatePostgres struct {
+	t    testing.TB
+	url  string // the postgres database as the superuser postgres, trust auth
+	bin  string // where initdb and pg_ctl are
+	dir  string // holds data and the server log; removed at cleanup
+	cred *syscall.Credential
+}
+
+// startPrivatePostgres initializes a cluster and starts it: loopback only,
+// trust auth, no fsync, small shared buffers. At cleanup it is stopped with
+// `pg_ctl stop -m immediate` and its directory removed.
+func startPrivatePostgres(t testing.TB) *privatePostgres {
+	t.Helper()
+	bin, err := postgresBinDir()
+	if err != nil {
+		t.Fatalf("%v: install the postgresql package (`make services` does)", err)
+	}
+	// Not t.TempDir: its parents are private to the user running the test,
+	// and the postgres user must reach the data directory.
+	dir, err := os.MkdirTemp("", "zenspa-pg-")
+	mustf(t, err, "make the private PostgreSQL's directory")
+	p := &privatePostgres{t: t, bin: bin, dir: dir}
+	t.Cleanup(func() {
+		p.stop()
+		os.RemoveAll(dir)
+	})
+	if os.Geteuid() == 0 {
+		p.cred, err = postgresUser()
+		mustf(t, err, "run initdb as someone other than root")
+		mustf(t, os.Chown(dir, int(p.cred.Uid), int(p.cred.Gid)), "hand %s to the postgres user", dir)
+	}
+
+	data := filepath.Join(dir, "data")
+	p.run("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+	port := freePort(t)
+	settings := fmt.Sprintf(`
+port = %d
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 50
+shared_buffers = 16MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+`, port)
+	conf, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	mustf(t, err, "open postgresql.conf")
+	_, err = conf.WriteString(settings)
+	mustf(t, errors.Join(err, conf.Close()), "write postgresql.conf")
+	p.pgctl("start")
+	p.url = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	return p
+}
+
+// restart is `pg_ctl restart -m fast`: every session is ended, and the call
+// returns once the server accepts connections again.
+func (p *privatePostgres) restart() {
+	p.t.Helper()
+	p.pgctl("restart", "-m", "fast")
+}
+
+// stop is `pg_ctl stop -m immediate`; it does nothing when the server is not
+// running.
+func (p *privatePostgres) stop() {
+	p.t.Helper()
+	if _, err := os.Stat(filepath.Join(p.dir, "data", "postmaster.pid")); err != nil {
+		return
+	}
+	p.pgctl("stop", "-m", "immediate")
+}
+
+// pgctl runs pg_ctl on the cluster, waiting at most a minute for it to
+// start or stop. The server logs to a file, so that it holds none of the
+// test's pipes open.
+func (p *privatePostgres) pgctl(args ...string) {
+	p.t.Helper()
+	p.run("pg_ctl", append([]string{"-D", filepath.Join(p.dir, "data"), "-l", filepath.Join(p.dir, "server.log"), "-w", "-t", "60"}, args...)...)
+}
+
+// run runs one of the server binaries as the cluster's owner, failing the
+// test with its output and the server log's end when it fails.
+func (p *privatePostgres) run(name string, args ...string) {
+	p.t.Helper()
+	cmd := exec.Command(filepath.Join(p.bin, name), args...)
+	cmd.Dir = p.dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if p.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(p.dir, "server.log"))
+		p.t.Fatalf("%s %s: %v\n%s\nserver log (end):\n%s", name, strings.Join(args, " "), err, out, log[max(0, len(log)-2000):])
+	}
+}
+
+// postgresBinDir finds initdb and pg_ctl: on PATH, where pg_config says, or
+// in the newest /usr/lib/postgresql/N/bin (Debian keeps them off PATH).
+func postgresBinDir() (string, error) {
+	var dirs []string
+	if p, err := exec.LookPath("pg_ctl"); err == nil {
+		dirs = append(dirs, filepath.Dir(p))
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		dirs = append(dirs, strings.TrimSpace(string(out)))
+	}
+	versions, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	slices.SortFunc(versions, func(a, b string) int { return postgresMajor(b) - postgresMajor(a) })
+	for _, dir := range append(dirs, versions...) {
+		if isFile(filepath.Join(dir, "initdb")) && isFile(filepath.Join(dir, "pg_ctl")) {
+			return dir, nil
+		}
+	}
+	return "", errors.New("no PostgreSQL server binaries (initdb and pg_ctl) on PATH, at pg_config --bindir or in /usr/lib/postgresql/*/bin")
+}
+
+// postgresMajor is N of /usr/lib/postgresql/N/bin, 0 if it is no number.
+func postgresMajor(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+// isFile reports whether path is a regular file.
+func isFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// postgresUser is the credential of the postgres user, which the OS
+// package creates.
+func postgresUser() (*syscall.Credential, error) {
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("no postgres user (%v): install the postgresql package", err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("postgres user: %v", err)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// migrateTestDatabase runs `zenspa migrate up` against the database at
+// dbURL.
+func migrateTestDatabase(t testing.TB, dbURL string) {
+	t.Helper()
+	var stdout, stderr syncBuffer
+	if err := run(context.Background(), []string{"migrate", "up"}, testEnv(t, dbURL), &stdout, &stderr); err != nil {
+		t.Fatalf("zenspa migrate up: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
 }

@@ -163,14 +163,20 @@ func listTreatments(ctx context.Context, db *database, active *bool, after []str
 			last = []string{sortName, t.ID}
 			return nil
 		})
-	return page, err
+	if err != nil { // work abandoned at the deadline may still be filling page (see withConn)
+		return treatmentPage{}, err
+	}
+	return page, nil
 }
 
 // getTreatment reads one treatment; NOT_FOUND when there is none.
 func getTreatment(ctx context.Context, db *database, id string) (treatment, error) {
 	var t treatment
 	err := db.queryRow(ctx, `SELECT `+treatmentColumns+` FROM treatments WHERE id = $1`, []any{id}, t.dest()...)
-	return t.inUTC(), err
+	if err != nil {
+		return treatment{}, err
+	}
+	return t.inUTC(), nil
 }
 
 // createTreatment stores a new treatment with a fresh id.
@@ -182,7 +188,10 @@ func createTreatment(ctx context.Context, db *database, in treatmentInput) (trea
 			VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING `+treatmentColumns,
 			[]any{t.ID, t.Name, t.Description, t.DurationMinutes, t.Price, t.Currency, t.Active}, t.dest()...)
 	})
-	return t.inUTC(), err
+	if err != nil {
+		return treatment{}, err
+	}
+	return t.inUTC(), nil
 }
 
 // updateTreatment changes the fields of in, provided the treatment is still
@@ -199,7 +208,10 @@ func updateTreatment(ctx context.Context, db *database, id string, in treatmentI
 			price = $5, currency = $6, active = $7 WHERE id = $1 RETURNING `+treatmentColumns,
 			[]any{id, t.Name, t.Description, t.DurationMinutes, t.Price, t.Currency, t.Active}, t.dest()...)
 	})
-	return t.inUTC(), err
+	if err != nil {
+		return treatment{}, err
+	}
+	return t.inUTC(), nil
 }
 
 // deleteTreatment removes a treatment, under the same If-Match rule.
