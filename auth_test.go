@@ -68,6 +68,34 @@ func (p *project) token(t testing.TB, alg string, claims map[string]any) string 
 	return jwtSign(t, alg, key, header, claims)
 }
 
+// withBearer is a client transport (base, or http.DefaultTransport) that
+// sends token with every request.
+func withBearer(token string, base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return bearerTransport{token: token, base: base}
+}
+
+// bearerTransport is what withBearer returns.
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
+
+// CloseIdleConnections lets http.Client.CloseIdleConnections reach base.
+func (b bearerTransport) CloseIdleConnections() {
+	if c, ok := b.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // bearer is the header of a request carrying token.
 func bearer(token string) http.Header { return http.Header{"Authorization": {"Bearer " + token}} }
 

@@ -1035,11 +1035,12 @@ func TestFaultTreatmentsPostgresRestart(t *testing.T) {
 	t.Parallel()
 	pg := startPrivatePostgres(t)
 	migrateTestDatabase(t, pg.url)
+	p := newProject(t)
 	serve := func() (*server, string) {
-		s, _ := newTestServer(t, testConfig(t, pg.url, "CACHE_TTL=0", "HEALTH_CACHE_TTL=0"))
+		s, _ := newTestServer(t, testConfig(t, pg.url, append(p.env(), "CACHE_TTL=0", "HEALTH_CACHE_TTL=0")...))
 		return s, startTestServer(t, s).URL
 	}
-	client := &http.Client{Timeout: 15 * time.Second}
+	client := &http.Client{Timeout: 15 * time.Second, Transport: withBearer(p.token(t, algHS256, p.manager()), nil)}
 	_, base := serve()
 	seed := faultSend(client, http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody("Restart seed"))
 	if seed.status != http.StatusCreated {
@@ -1284,11 +1285,13 @@ func TestFaultTreatmentsStalled(t *testing.T) {
 	dbURL := newTestDatabase(t)
 	migrateTestDatabase(t, dbURL)
 	proxy := startFaultProxy(t, urlHost(t, dbURL))
-	s, logs := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr), "REQUEST_TIMEOUT=1s", "DB_POOL_TIMEOUT=5s",
-		"DB_POOL_SIZE="+strconv.Itoa(poolSize), "DB_MAX_OVERFLOW=0"))
+	p := newProject(t)
+	s, logs := newTestServer(t, testConfig(t, withHost(t, dbURL, proxy.addr), append(p.env(), "REQUEST_TIMEOUT=1s", "DB_POOL_TIMEOUT=5s",
+		"DB_POOL_SIZE="+strconv.Itoa(poolSize), "DB_MAX_OVERFLOW=0")...))
 	ts := startTestServer(t, s)
 	api := ts.URL + "/api/v1/treatments"
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	client := &http.Client{Timeout: 10 * time.Second,
+		Transport: withBearer(p.token(t, algHS256, p.manager()), &http.Transport{MaxIdleConnsPerHost: clients})}
 
 	// Treatments to read and change. Nothing reads them by id before the
 	// stall, so the cache holds none of them and every read needs PostgreSQL.
@@ -1510,10 +1513,11 @@ func TestFaultTreatmentsRedisRestart(t *testing.T) {
 	redis := startPrivateRedis(t, testRedisPassword)
 	dbURL := newTestDatabase(t)
 	migrateTestDatabase(t, dbURL)
-	s, logs := newTestServer(t, testConfig(t, dbURL, "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(redis.port),
-		"REDIS_PASSWORD="+testRedisPassword, "CACHE_TTL=1m", "DB_ECHO=true"))
+	p := newProject(t)
+	s, logs := newTestServer(t, testConfig(t, dbURL, append(p.env(), "REDIS_HOST=127.0.0.1", "REDIS_PORT="+strconv.Itoa(redis.port),
+		"REDIS_PASSWORD="+testRedisPassword, "CACHE_TTL=1m", "DB_ECHO=true")...))
 	api := startTestServer(t, s).URL + "/api/v1/treatments"
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: withBearer(p.token(t, algHS256, p.manager()), nil)}
 
 	// Treatments the clients read and change, and one nobody changes: the
 	// probe of the cache.
