@@ -1,16 +1,27 @@
 package main
 
 import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
 // Tests of deploy/haproxy.cfg: HAProxy's own check of the file, and the
-// drain delay of deploy/zenspa.env against its health checks.
+// headers and retries it promises. Each test runs HAProxy with the shipped
+// file, rewritten only where a test must differ: loopback ports, the
+// foreground, the log on stderr (balancerSetup).
 
 // shippedHAProxyConfig is the configuration deploy/README.md installs.
 const shippedHAProxyConfig = "deploy/haproxy.cfg"
@@ -38,6 +49,338 @@ func TestHAProxyConfig(t *testing.T) {
 		t.Errorf("SHUTDOWN_DRAIN_DELAY = %s with checks every %s, fall %d: want at least %s, or instances still get requests after their listener closes",
 			drain, inter, fall, least)
 	}
+}
+
+// TestBalancerHeaders sends requests with and without X-Forwarded-For and
+// X-Request-ID through the balancer to a server that echoes what it got: the
+// client's address replaces any X-Forwarded-For, a request ID zenspa would
+// keep is kept, and anything else becomes a UUID.
+func TestBalancerHeaders(t *testing.T) {
+	t.Parallel()
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(headerRequestID, r.Header.Get(headerRequestID)) // as zenspa echoes it
+		_ = json.NewEncoder(w).Encode(r.Header)
+	}))
+	t.Cleanup(echo.Close)
+	b := startBalancer(t, echo.Listener.Addr().String())
+
+	long := strings.Repeat("a", 129)
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		wantID string // "" wants a new UUID
+	}{
+		{"nothing", http.Header{}, ""},
+		{"a forged client address", http.Header{"X-Forwarded-For": {"203.0.113.7, 10.0.0.1"}}, ""},
+		{"a request ID", http.Header{headerRequestID: {"client-7.b:c_d"}}, "client-7.b:c_d"},
+		{"128 characters", http.Header{headerRequestID: {long[:128]}}, long[:128]},
+		{"129 characters", http.Header{headerRequestID: {long}}, ""},
+		{"a slash", http.Header{headerRequestID: {"a/b"}}, ""},
+		{"a comma", http.Header{headerRequestID: {"a,b"}}, ""},
+		{"two of them", http.Header{headerRequestID: {"a", "b"}}, ""},
+	} {
+		status, h, body := do(t, http.MethodGet, b.url+"/anything", tc.header, nil)
+		if status != http.StatusOK {
+			t.Fatalf("GET with %s = %d %s, want 200", tc.name, status, body)
+		}
+		var got http.Header
+		mustf(t, json.Unmarshal(body, &got), "decode the echo of %s", tc.name)
+		if xff := got.Values("X-Forwarded-For"); !slices.Equal(xff, []string{"127.0.0.1"}) {
+			t.Errorf("with %s the server got X-Forwarded-For %q, want only [127.0.0.1]", tc.name, xff)
+		}
+		ids := got.Values(headerRequestID)
+		switch {
+		case len(ids) != 1:
+			t.Errorf("with %s the server got X-Request-ID %q, want one", tc.name, ids)
+		case tc.wantID != "" && ids[0] != tc.wantID:
+			t.Errorf("with %s the server got X-Request-ID %q, want the client's %q", tc.name, ids[0], tc.wantID)
+		case tc.wantID == "" && !uuidV4.MatchString(ids[0]):
+			t.Errorf("with %s the server got X-Request-ID %q, want a new UUID", tc.name, ids[0])
+		case h.Get(headerRequestID) != ids[0]:
+			t.Errorf("with %s the client got X-Request-ID %q, want the server's %q", tc.name, h.Get(headerRequestID), ids[0])
+		}
+		if len(ids) == 1 && !b.logged("{"+ids[0]+"}") {
+			t.Errorf("with %s the balancer's log has no {%s}:\n%s", tc.name, ids[0], b.proc.output())
+		}
+	}
+}
+
+// TestBalancerRetries puts a healthy server beside a broken one and sends
+// numbered GETs and POSTs: where the connection is refused, every request is
+// answered by the healthy server; where the broken one closes connections
+// without answering, every GET is answered after a retry, and no POST ever
+// reaches a second server.
+func TestBalancerRetries(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		closes bool // the broken server accepts, then closes without an answer
+	}{
+		{"refused", false},
+		{"closed without an answer", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			good, broken := newSeqServer(t, false), newSeqServer(t, true)
+			healthy := good.Listener.Addr().String()
+			_, goodPort, _ := net.SplitHostPort(healthy)
+			// The refusing server is checked on the healthy one's port, so
+			// that the balancer keeps sending it requests.
+			brokenLine := "127.0.0.1:" + strconv.Itoa(freePort(t)) + " port " + goodPort
+			if tc.closes {
+				brokenLine = broken.Listener.Addr().String()
+			}
+			b := startBalancer(t, brokenLine, healthy)
+
+			// One connection per request: every request is the first on its
+			// connection, so a failure is HAProxy's 502, not a silent close.
+			// The GETs go first: round robin then sends each of them to the
+			// broken server first, since a retry moves it on by one.
+			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			retriedGETs, failedPOSTs := 0, 0
+			for i := range 40 {
+				method := http.MethodGet
+				if i >= 20 {
+					method = http.MethodPost
+				}
+				seq := strconv.Itoa(i)
+				req, err := http.NewRequest(method, b.url+"/seq", strings.NewReader(`{"n":`+seq+`}`))
+				mustf(t, err, "new request")
+				req.Header.Set("X-Test-Seq", seq)
+				resp, err := client.Do(req)
+				status := 0
+				if err == nil {
+					status = resp.StatusCode
+					resp.Body.Close()
+				}
+				g, br := good.hits(seq), broken.hits(seq)
+				switch {
+				case method == http.MethodGet && (status != http.StatusOK || g != 1):
+					t.Errorf("GET %s = %d %v, reached the healthy server %d times (broken %d): want 200 from it, after a retry if need be", seq, status, err, g, br)
+				case method == http.MethodGet:
+					retriedGETs += br
+				case g+br != 1:
+					t.Errorf("POST %s reached the healthy server %d times and the broken one %d: want exactly once in all", seq, g, br)
+				case status != http.StatusCreated:
+					failedPOSTs++
+					if !tc.closes || br != 1 {
+						t.Errorf("POST %s = %d %v, healthy server %d times, broken %d: want 201 unless the broken server closed on it", seq, status, err, g, br)
+					}
+				}
+			}
+			if tc.closes && (retriedGETs < 10 || failedPOSTs == 0) {
+				t.Errorf("GETs retried after the broken server closed = %d, POSTs it failed = %d: want at least 10 and 1, or the test proves little", retriedGETs, failedPOSTs)
+			}
+			st := b.serverStats(t)
+			t.Logf("GETs retried: %d, POSTs not retried: %d; the balancer counts %s redispatches", retriedGETs, failedPOSTs, st["vm1"]["wredis"])
+		})
+	}
+}
+
+// seqServer counts the requests it gets by their X-Test-Seq header. It
+// answers /health/ready with 200; other requests get 200 (GET) or 201, or,
+// from a closing server, a closed connection and nothing else.
+type seqServer struct {
+	*httptest.Server
+	mu  sync.Mutex
+	seq map[string]int
+}
+
+// newSeqServer serves until the test ends.
+func newSeqServer(t *testing.T, closes bool) *seqServer {
+	s := &seqServer{seq: map[string]int{}}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health/ready" {
+			return
+		}
+		s.mu.Lock()
+		s.seq[r.Header.Get("X-Test-Seq")]++
+		s.mu.Unlock()
+		if closes {
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		}
+		if r.Method == http.MethodPost {
+			w.WriteHeader(http.StatusCreated)
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// hits is how many times request seq arrived.
+func (s *seqServer) hits(seq string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq[seq]
+}
+
+// balancer is an HAProxy of a test's own, running deploy/haproxy.cfg with
+// its servers replaced.
+type balancer struct {
+	url      string // the zenspa frontend
+	statsURL string // the stats page's CSV
+	proc     *child
+}
+
+// startBalancer runs HAProxy in the foreground with servers ("ADDRESS
+// [PARAMETERS]", named vm1, vm2, …) and waits until it counts each of them
+// UP. Cleanup kills it by its PID.
+func startBalancer(t *testing.T, servers ...string) *balancer {
+	t.Helper()
+	haproxy := requireTool(t, "haproxy", "make services-test")
+	dir := t.TempDir()
+	setup := balancerSetup{front: freePort(t), stats: freePort(t), socket: filepath.Join(dir, "admin.sock"), servers: servers}
+	for setup.stats == setup.front {
+		setup.stats = freePort(t)
+	}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	mustf(t, os.WriteFile(cfg, []byte(setup.config(t)), 0o600), "write %s", cfg)
+	if out, err := exec.Command(haproxy, "-c", "-f", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c on the test's configuration: %v\n%s", err, out)
+	}
+	b := &balancer{
+		url:      "http://127.0.0.1:" + strconv.Itoa(setup.front),
+		statsURL: "http://127.0.0.1:" + strconv.Itoa(setup.stats) + "/stats;csv",
+		proc:     startChild(t, haproxy, []string{"PATH=" + os.Getenv("PATH")}, "-db", "-f", cfg),
+	}
+	for i := range servers {
+		b.waitServer(t, "vm"+strconv.Itoa(i+1), "UP", 15*time.Second)
+	}
+	return b
+}
+
+// logged reports whether the balancer's log has s within a second: HAProxy
+// writes a request's line once the answer has gone.
+func (b *balancer) logged(s string) bool {
+	for range 20 {
+		if strings.Contains(b.proc.output(), s) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// waitServer polls the stats page until server's state is want ("UP",
+// "DOWN") and returns when it first saw it, failing the test after limit.
+func (b *balancer) waitServer(t *testing.T, server, want string, limit time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	last := "no answer"
+	for {
+		if !b.proc.running() {
+			t.Fatalf("haproxy exited: %v\n%s", b.proc.cmd.ProcessState, b.proc.output())
+		}
+		if st, err := b.readStats(); err == nil {
+			last = st[server]["status"]
+			if last == want {
+				return time.Now()
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the balancer's %s is %q after %s, want %s; its log:\n%s", server, last, limit, want, b.proc.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// serverStats is readStats, failing the test when the page does not answer.
+func (b *balancer) serverStats(t *testing.T) map[string]map[string]string {
+	t.Helper()
+	st, err := b.readStats()
+	mustf(t, err, "read the balancer's stats")
+	return st
+}
+
+// readStats returns the servers of backend zenspa, each as its row of the
+// stats CSV by column: status is "UP", "DOWN", or "UP 1/2" going down and
+// "DOWN 1/2" going up; stot, wretr and wredis count requests, retries and
+// redispatches.
+func (b *balancer) readStats() (map[string]map[string]string, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(b.statsURL)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	records, err := csv.NewReader(resp.Body).ReadAll()
+	if err != nil || len(records) == 0 {
+		return nil, fmt.Errorf("stats CSV: %v (%d lines)", err, len(records))
+	}
+	columns := records[0]
+	columns[0] = strings.TrimPrefix(columns[0], "# ")
+	out := map[string]map[string]string{}
+	for _, rec := range records[1:] {
+		row := map[string]string{}
+		for i, c := range columns {
+			if i < len(rec) {
+				row[c] = rec[i]
+			}
+		}
+		if row["pxname"] == "zenspa" && row["svname"] != "FRONTEND" && row["svname"] != "BACKEND" {
+			out[row["svname"]] = row
+		}
+	}
+	return out, nil
+}
+
+// balancerSetup is what a test's HAProxy changes in the shipped file: the
+// two frontends on loopback ports, the runtime socket in the test's
+// directory, the servers, and the global settings of a daemon (jail, user,
+// background, syslog), since the test runs it in the foreground as a child
+// that logs to stderr. Everything else, the checks, retries, headers and
+// timeouts, is the shipped text.
+type balancerSetup struct {
+	front, stats int // ports of frontends zenspa and stats
+	socket       string
+	servers      []string // "ADDRESS [PARAMETERS]"
+}
+
+// config is the shipped file with the setup's changes.
+func (s balancerSetup) config(t *testing.T) string {
+	t.Helper()
+	var out strings.Builder
+	binds := 0
+	servers := false
+	for _, l := range haproxyLines(t) {
+		line := l.text
+		key := ""
+		if len(l.fields) > 0 {
+			key = l.fields[0]
+		}
+		switch {
+		case l.section == "global" && slices.Contains([]string{"chroot", "user", "group", "daemon"}, key):
+			continue
+		case l.section == "global" && key == "log":
+			line = "    log stderr format raw local0"
+		case l.section == "global" && key == "stats" && len(l.fields) > 2 && l.fields[1] == "socket":
+			line = "    " + strings.Join(slices.Concat(l.fields[:2], []string{s.socket}, l.fields[3:]), " ")
+		case key == "bind":
+			port := map[string]int{"frontend zenspa": s.front, "frontend stats": s.stats}[l.section]
+			if port == 0 {
+				t.Fatalf("%s: a bind in %q, which the test does not know", shippedHAProxyConfig, l.section)
+			}
+			binds++
+			line = "    " + strings.Join(slices.Concat([]string{"bind", "127.0.0.1:" + strconv.Itoa(port)}, l.fields[2:]), " ")
+		case key == "server":
+			if servers {
+				continue
+			}
+			servers = true
+			for i, srv := range s.servers {
+				fmt.Fprintf(&out, "    server vm%d %s\n", i+1, srv)
+			}
+			continue
+		}
+		out.WriteString(line + "\n")
+	}
+	if binds != 2 || !servers {
+		t.Fatalf("%s: %d binds and servers %v, want the binds of frontends zenspa and stats and server lines", shippedHAProxyConfig, binds, servers)
+	}
+	return out.String()
 }
 
 // haproxyLine is one line of the shipped file with the section it is in
