@@ -1,9 +1,12 @@
 package main
 
 import (
+	"database/sql"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,14 +17,16 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// Tests of deploy/haproxy.cfg: HAProxy's own check of the file, and the
-// headers and retries it promises. Each test runs HAProxy with the shipped
-// file, rewritten only where a test must differ: loopback ports, the
-// foreground, the log on stderr (balancerSetup).
+// Tests of deploy/haproxy.cfg: HAProxy's own check of the file, the headers
+// and retries it promises, and a rolling restart of three zenspa instances
+// behind it under a steady mix of reads and writes. Each test runs HAProxy
+// with the shipped file, rewritten only where a test must differ: loopback
+// ports, the foreground, the log on stderr (balancerSetup).
 
 // shippedHAProxyConfig is the configuration deploy/README.md installs.
 const shippedHAProxyConfig = "deploy/haproxy.cfg"
@@ -215,6 +220,285 @@ func (s *seqServer) hits(seq string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.seq[seq]
+}
+
+// TestRollingRestart runs three zenspa instances of one database behind
+// HAProxy with the shipped configuration and the shipped drain delay, sends
+// a steady mix of list, get-by-id and create requests through it, and
+// restarts the instances one after the other: SIGTERM, wait for the exit,
+// start a new one on the same port, wait until the balancer has it back.
+// Not one request may fail, every 201 must be in the database exactly once,
+// and every instance must exit 0.
+func TestRollingRestart(t *testing.T) {
+	t.Parallel()
+	requireRedis(t)
+	p := newProject(t)
+	dbURL := newMigratedDatabase(t)
+	drain, shutdownTimeout := deployDuration(t, "SHUTDOWN_DRAIN_DELAY"), deployDuration(t, "SHUTDOWN_TIMEOUT")
+	bin := zenspaBinary(t)
+
+	// The instances, configured as deploy/zenspa.env shuts them down.
+	const instances = 3
+	ports := make([]int, instances)
+	servers := make([]string, instances)
+	for i := range ports {
+		ports[i] = freePort(t)
+		servers[i] = "127.0.0.1:" + strconv.Itoa(ports[i])
+	}
+	start := func(i int) *child {
+		t.Helper()
+		c := startChild(t, bin, childEnv(t, dbURL, slices.Concat(p.env(), []string{
+			"PORT=" + strconv.Itoa(ports[i]), "SHUTDOWN_DRAIN_DELAY=" + drain.String(),
+			"SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(), "HEALTH_CHECK_TIMEOUT", "LOG_LEVEL=INFO",
+		})...))
+		c.waitServing(t, "http://"+servers[i]+"/health/ready")
+		return c
+	}
+	running := make([]*child, instances)
+	for i := range running {
+		running[i] = start(i)
+	}
+	b := startBalancer(t, servers...)
+
+	load := startRollingLoad(t, b.url, p.token(t, algES256, p.manager()), 4)
+	var codes []string
+	failed := false
+	for i := range running {
+		name := "vm" + strconv.Itoa(i+1)
+		time.Sleep(time.Second) // all three serve for a while
+		old := running[i]
+		signalled := time.Now()
+		mustf(t, old.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM %s", name)
+		down := b.waitServer(t, name, "DOWN", drain+5*time.Second)
+		code := old.exitCode(t, drain+shutdownTimeout+5*time.Second)
+		codes = append(codes, name+"="+strconv.Itoa(code))
+		if code != 0 {
+			failed = true
+			t.Errorf("%s exit code after SIGTERM = %d, want 0; output:\n%s", name, code, old.output())
+		}
+		// The listener closes when the drain ends: the balancer must have
+		// taken the instance out before.
+		if listenerClosed := signalled.Add(drain); !down.Before(listenerClosed) {
+			t.Errorf("%s: the balancer marked it DOWN %s after SIGTERM, not before its listener closed (%s)",
+				name, down.Sub(signalled).Round(time.Millisecond), drain)
+		}
+		restarted := time.Now()
+		running[i] = start(i)
+		up := b.waitServer(t, name, "UP", 15*time.Second)
+		t.Logf("%s: DOWN at the balancer %s after SIGTERM, exited %s after it; back UP %s after the restart",
+			name, down.Sub(signalled).Round(time.Millisecond), old.exitedAt.Sub(signalled).Round(time.Millisecond),
+			up.Sub(restarted).Round(time.Millisecond))
+	}
+	time.Sleep(time.Second) // the new three serve for a while too
+	results := load.finish()
+	stats := b.serverStats(t)
+	for i, c := range running {
+		mustf(t, c.cmd.Process.Signal(syscall.SIGTERM), "SIGTERM the new vm%d", i+1)
+	}
+	for i, c := range running {
+		code := c.exitCode(t, drain+shutdownTimeout+5*time.Second)
+		codes = append(codes, "new vm"+strconv.Itoa(i+1)+"="+strconv.Itoa(code))
+		if code != 0 {
+			failed = true
+			t.Errorf("new vm%d exit code after SIGTERM = %d, want 0; output:\n%s", i+1, code, c.output())
+		}
+	}
+
+	// Every request answered as it should be.
+	counts := map[string]map[int]int{}
+	var created []rollingResult
+	bad := 0
+	for _, r := range results {
+		if counts[r.kind] == nil {
+			counts[r.kind] = map[int]int{}
+		}
+		counts[r.kind][r.status]++
+		want := map[string]int{"list": http.StatusOK, "get": http.StatusOK, "create": http.StatusCreated}[r.kind]
+		if r.err == nil && r.status == want {
+			if r.kind == "create" {
+				created = append(created, r)
+			}
+			continue
+		}
+		if bad++; bad <= 10 {
+			t.Errorf("%s (X-Request-ID %s) at %s = %d %v %s, want %d; the balancer logged:\n%s", r.kind, r.requestID,
+				r.at.Format("15:04:05.000"), r.status, r.err, r.body, want, strings.Join(logLines(b.proc.output(), "{"+r.requestID+"}"), "\n"))
+		}
+	}
+	if bad > 0 {
+		failed = true
+		t.Errorf("%d of %d requests failed", bad, len(results))
+	}
+	for _, kind := range []string{"list", "get", "create"} {
+		if n := sumValues(counts[kind]); n < 50 {
+			t.Errorf("%s requests = %d, want at least 50 (is the load running?)", kind, n)
+		}
+	}
+
+	// Every 201 in the database once; nothing else there.
+	db, err := sql.Open("postgres", dbURL)
+	mustf(t, err, "open the test database")
+	defer db.Close()
+	rows, err := db.Query(`SELECT id, name FROM treatments WHERE name LIKE $1 || '%'`, load.prefix)
+	mustf(t, err, "read back the treatments")
+	found := map[string]int{} // by "id name"
+	n := 0
+	for rows.Next() {
+		var id, name string
+		mustf(t, rows.Scan(&id, &name), "scan a treatment")
+		found[id+" "+name]++
+		n++
+	}
+	mustf(t, rows.Err(), "read back the treatments")
+	for _, r := range created {
+		if got := found[r.created+" "+r.name]; got != 1 {
+			failed = true
+			t.Errorf("treatment %s %q answered 201 and is in the database %d times, want once", r.created, r.name, got)
+		}
+	}
+	if n != len(created) {
+		failed = true
+		t.Errorf("rows in the database = %d, POSTs answered 201 = %d: want as many", n, len(created))
+	}
+
+	t.Logf("%d requests through the balancer: list %v, get %v, create %v (status: count)",
+		len(results), counts["list"], counts["get"], counts["create"])
+	t.Logf("POSTs answered 201: %d; rows found: %d; exit codes: %s", len(created), n, strings.Join(codes, " "))
+	for _, name := range slices.Sorted(maps.Keys(stats)) {
+		s := stats[name]
+		t.Logf("balancer %s: %s requests, %s retries, %s redispatches, %s 5xx, %s times DOWN", name, s["stot"], s["wretr"], s["wredis"], s["hrsp_5xx"], s["chkdown"])
+	}
+	if failed {
+		t.Logf("the balancer's log:\n%s", b.proc.output())
+	}
+}
+
+// rollingLoad is a steady mix from a few clients through the balancer: the
+// menu's first page, a treatment by id, and new treatments with unique
+// names, one kind after the other.
+type rollingLoad struct {
+	base, token string
+	prefix      string // of every name it creates
+	client      *http.Client
+	stop        chan struct{}
+	once        sync.Once
+	wg          sync.WaitGroup
+
+	mu      sync.Mutex
+	ids     []string // of the treatments it created
+	results []rollingResult
+}
+
+// rollingResult is one request of a rollingLoad.
+type rollingResult struct {
+	kind      string // list, get or create
+	requestID string // sent, so that the balancer's log can be searched
+	at        time.Time
+	status    int
+	body      []byte
+	err       error
+	name      string // of a create
+	created   string // the id a create's 201 returned
+}
+
+// startRollingLoad creates one treatment for the gets to read, then starts
+// the clients; cleanup stops them.
+func startRollingLoad(t *testing.T, base, token string, clients int) *rollingLoad {
+	t.Helper()
+	l := &rollingLoad{
+		base: base + "/api/v1/treatments", token: token, prefix: randomName("rolling-"),
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}},
+		stop:   make(chan struct{}),
+	}
+	first := l.send("create", "seed", 0)
+	if first.status != http.StatusCreated || first.err != nil {
+		t.Fatalf("the first POST through the balancer = %d %v %s, want 201", first.status, first.err, first.body)
+	}
+	l.results = append(l.results, first)
+	kinds := []string{"list", "get", "create", "get"}
+	for c := range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				r := l.send(kinds[(c+i)%len(kinds)], strconv.Itoa(c), i)
+				l.mu.Lock()
+				l.results = append(l.results, r)
+				l.mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+// send makes one request of kind, the i-th of client c.
+func (l *rollingLoad) send(kind, c string, i int) rollingResult {
+	r := rollingResult{kind: kind, requestID: l.prefix + "-" + c + "-" + strconv.Itoa(i), at: time.Now()}
+	method, target, body := http.MethodGet, l.base+"?limit=20", ""
+	switch kind {
+	case "get":
+		l.mu.Lock()
+		target = l.base + "/" + l.ids[i%len(l.ids)]
+		l.mu.Unlock()
+	case "create":
+		r.name = l.prefix + " " + c + "-" + strconv.Itoa(i)
+		method, target = http.MethodPost, l.base
+		body = fmt.Sprintf(`{"name":%q,"duration_minutes":60,"price":350000}`, r.name)
+	}
+	req, err := http.NewRequest(method, target, strings.NewReader(body))
+	if err != nil {
+		r.err = err
+		return r
+	}
+	req.Header.Set(headerRequestID, r.requestID)
+	if kind == "create" {
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+l.token)
+	}
+	resp, err := l.client.Do(req)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer resp.Body.Close()
+	r.status = resp.StatusCode
+	r.body, r.err = io.ReadAll(resp.Body)
+	if r.err != nil || !json.Valid(r.body) {
+		r.err = fmt.Errorf("the answer is cut or not JSON (%v)", r.err)
+		return r
+	}
+	if kind == "create" && r.status == http.StatusCreated {
+		var answer struct{ Data treatment }
+		if err := json.Unmarshal(r.body, &answer); err != nil || answer.Data.ID == "" {
+			r.err = fmt.Errorf("a 201 without a treatment (%v)", err)
+			return r
+		}
+		r.created = answer.Data.ID
+		l.mu.Lock()
+		l.ids = append(l.ids, r.created)
+		l.mu.Unlock()
+	}
+	if r.status < 300 {
+		r.body = nil // only failures are shown
+	}
+	return r
+}
+
+// finish stops the clients and returns every result.
+func (l *rollingLoad) finish() []rollingResult {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	l.client.CloseIdleConnections()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.results
 }
 
 // balancer is an HAProxy of a test's own, running deploy/haproxy.cfg with
@@ -450,4 +734,13 @@ func deployDuration(t *testing.T, key string) time.Duration {
 	d, err := time.ParseDuration(vars[key])
 	mustf(t, err, "deploy/zenspa.env: %s", key)
 	return d
+}
+
+// sumValues adds up the counts of m.
+func sumValues(m map[int]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
