@@ -95,6 +95,13 @@ func (c *checker) check(ctx context.Context) checkResult {
 	}
 }
 
+// latest is the last finished check's result, without checking again.
+func (c *checker) latest() checkResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
 // run performs one check, bounded by timeout, and publishes its result.
 func (c *checker) run(call *checkCall) {
 	start := time.Now()
@@ -247,18 +254,23 @@ func (s *server) handleHealthRedis() http.Handler {
 // service unready.
 func (s *server) handleReady() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Both checks run at once so that readiness takes the longer of the
-		// two, not their sum.
-		var redis checkResult
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			redis = s.redisCheck.check(r.Context())
-		}()
-		db := s.dbCheck.check(r.Context())
-		<-done
+		// Shutting down, the answer is 503 at once, with the checks as they
+		// last stood: a load balancer must not wait for a slow dependency.
+		shuttingDown := s.shuttingDown.Load()
+		db, redis := s.dbCheck.latest(), s.redisCheck.latest()
+		if !shuttingDown {
+			// Both checks run at once so that readiness takes the longer of
+			// the two, not their sum.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				redis = s.redisCheck.check(r.Context())
+			}()
+			db = s.dbCheck.check(r.Context())
+			<-done
+		}
 
-		ready := db.ok() && !s.shuttingDown.Load()
+		ready := db.ok() && !shuttingDown
 		writeJSON(w, statusCode(ready), readyBody{
 			healthBody: s.health(ready),
 			Checks: map[string]checkBody{

@@ -973,3 +973,22 @@ func rawExchange(t testing.TB, addr string, limit time.Duration, write func(io.W
 	}
 	return resp, body
 }
+
+// TestHTTPReadyAtOnceWhileShuttingDown: shutting down, readiness answers 503
+// without waiting for a dependency that does not answer, so a balancer
+// sees it within its check interval.
+func TestHTTPReadyAtOnceWhileShuttingDown(t *testing.T) {
+	t.Parallel()
+	host, port, _ := net.SplitHostPort(silentListener(t))
+	s, _ := newTestServer(t, testConfig(t, newTestDatabase(t), "REDIS_HOST="+host, "REDIS_PORT="+port,
+		"HEALTH_CHECK_TIMEOUT=2s", "HEALTH_CACHE_TTL=0"))
+	ts := startTestServer(t, s)
+	s.shuttingDown.Store(true)
+	start := time.Now()
+	if status, _, body := get(t, ts.URL, "/health/ready"); status != http.StatusServiceUnavailable {
+		t.Errorf("GET /health/ready while shutting down = %d %s, want 503", status, body)
+	}
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Errorf("GET /health/ready while shutting down took %v with Redis silent, want it at once (well under HEALTH_CHECK_TIMEOUT, 2s)", elapsed)
+	}
+}

@@ -468,15 +468,17 @@ func (c *jwksCache) startLocked(ctx context.Context) *jwksFetch {
 // run performs one fetch and publishes its result.
 func (c *jwksCache) run(ctx context.Context, call *jwksFetch) {
 	err := c.fetch(ctx)
+	// Counted and logged before the waiters go on, so that what they do
+	// next (a scrape, say) sees this fetch.
+	if err != nil {
+		c.counts.fetchError.Add(1)
+		c.log.WarnContext(ctx, "jwks fetch failed; keeping the last good keys", "url", c.url, "error", err)
+	}
 	c.mu.Lock()
 	c.inflight = nil
 	c.mu.Unlock()
 	call.err = err
 	close(call.done)
-	if err != nil {
-		c.counts.fetchError.Add(1)
-		c.log.WarnContext(ctx, "jwks fetch failed; keeping the last good keys", "url", c.url, "error", err)
-	}
 }
 
 // fetch asks the URL for the set, conditionally when an ETag is known, and
