@@ -172,6 +172,60 @@ func TestOpenAPIExamplesMatchSchemas(t *testing.T) {
 	t.Logf("checked %d examples", n)
 }
 
+// TestOpenAPIErrorExamplesMatchStatus checks that each error example under
+// a status carries a code that statusOf answers with that status: the
+// schema allows every code under every status.
+func TestOpenAPIErrorExamplesMatchStatus(t *testing.T) {
+	doc := loadOpenAPI(t)
+	c := schemaChecker{doc: doc}
+	n := 0
+	for _, o := range operations(t, doc) {
+		for code, ref := range asMap(o.op["responses"]) {
+			for mediaType, media := range asMap(asMap(c.resolve(ref))["content"]) {
+				values := map[string]any{"example": asMap(media)["example"]}
+				for name, ex := range asMap(asMap(media)["examples"]) {
+					values["examples/"+name] = asMap(c.resolve(ex))["value"]
+				}
+				for name, v := range values {
+					e, ok := asMap(v)["error"].(map[string]any)
+					if !ok {
+						continue
+					}
+					n++
+					ec, _ := e["code"].(string)
+					if got := strconv.Itoa(statusOf[errorCode(ec)]); got != code {
+						t.Errorf("%s %s %s %s %s: error code %s is answered with %s, not %s", o.method, o.path, code, mediaType, name, ec, got, code)
+					}
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("found no error examples in openapi.json")
+	}
+}
+
+// TestOpenAPIDescribesCORS checks that info.description lists the response
+// headers CORS exposes and the request headers a preflight allows, as the
+// cors middleware sends them: a browser client can use no other.
+func TestOpenAPIDescribesCORS(t *testing.T) {
+	description, _ := asMap(loadOpenAPI(t)["info"])["description"].(string)
+	_, cors, ok := strings.Cut(description, "**CORS**")
+	if !ok {
+		t.Fatalf("info.description has no **CORS** paragraph")
+	}
+	cors, _, _ = strings.Cut(cors, "\n\n")
+	for _, h := range []struct{ name, value string }{
+		{"Access-Control-Expose-Headers", corsExposeHeaders},
+		{"Access-Control-Allow-Headers", corsAllowHeaders},
+	} {
+		want := "`" + h.name + "` (`" + strings.ReplaceAll(h.value, ", ", "`, `") + "`)"
+		if !strings.Contains(cors, want) {
+			t.Errorf("info.description's CORS paragraph does not say %s; the server sends %s: %s", want, h.name, h.value)
+		}
+	}
+}
+
 // TestOpenAPIVersion checks that /openapi.json reports APP_VERSION and keeps
 // the document's order (the UIs list routes in that order).
 func TestOpenAPIVersion(t *testing.T) {
