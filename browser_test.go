@@ -33,7 +33,8 @@ const artifactsDir = "testdata/artifacts"
 // TestDocsBrowser checks that each page shows every documented path and logs
 // no console error, that a tampered asset is refused (the SRI hashes are
 // enforced, not decoration), and that Swagger UI's Try it out reaches the
-// live server under the page's Content-Security-Policy.
+// live server under the page's Content-Security-Policy, with the token its
+// Authorize dialog was given.
 func TestDocsBrowser(t *testing.T) {
 	requireTool(t, chromiumBinary, "make services-test")
 	driverPath := requireTool(t, "chromedriver", "make services-test")
@@ -45,8 +46,9 @@ func TestDocsBrowser(t *testing.T) {
 	paths := documentedPaths(t)
 	dbURL := newMigratedDatabase(t) // Try it out writes a treatment
 
+	p := newProject(t) // Try it out writes as a manager
 	assets := startAssetServer(t, modules, false)
-	s, _ := newTestServer(t, testConfig(t, dbURL, "DOCS_ASSET_BASE_URL="+assets.URL))
+	s, _ := newTestServer(t, testConfig(t, dbURL, append(p.env(), "DOCS_ASSET_BASE_URL="+assets.URL)...))
 	app := startTestServer(t, s)
 	tampered := startAssetServer(t, modules, true)
 	st, _ := newTestServer(t, testConfig(t, dbURL, "DOCS_ASSET_BASE_URL="+tampered.URL))
@@ -102,32 +104,70 @@ func TestDocsBrowser(t *testing.T) {
 	}
 
 	t.Run("docs try it out", func(t *testing.T) {
-		tryItOutCreate(t, wd.newSession(t), app.URL, dbURL)
+		tryItOutCreate(t, wd.newSession(t), app.URL, dbURL, p.token(t, algES256, p.manager()))
 	})
 }
 
 // tryItOutCreate drives Swagger UI as a reader would: it expands POST
 // /api/v1/treatments, clicks Try it out, writes a body of its own into the
-// editor and clicks Execute. The page must show the server's 201 with the
-// new treatment and its Location, and the treatment must be in the
-// database.
-func tryItOutCreate(t *testing.T, b *browser, base, dbURL string) {
+// editor and clicks Execute. Without a token the page must show the
+// server's 401 with its challenge, and nothing is stored. Then it enters
+// token, a manager's, in the Authorize dialog of the bearerAuth scheme and
+// clicks Execute again: the page must show the server's 201 with the new
+// treatment and its Location, and the treatment must be in the database.
+func tryItOutCreate(t *testing.T, b *browser, base, dbURL, token string) {
 	const op = "#operations-Treatments-createTreatment"
 	const name = "Xông hơi thảo dược 30 phút"
+	db, err := sql.Open("postgres", dbURL)
+	mustf(t, err, "open the test database")
+	defer db.Close()
 	b.open(t, base+"/docs")
 	b.click(t, op+" .opblock-summary-control")
 	b.click(t, op+" .try-out__btn")
 	b.replaceText(t, op+" textarea.body-param__text", `{"name": "`+name+`", "duration_minutes": 30, "price": 150000}`)
-	b.click(t, op+" button.execute")
 
+	// Without authorizing first: the server's 401, and nothing stored.
+	b.click(t, op+" button.execute")
 	shown, ok := b.waitForText(t, op+" .responses-wrapper", "Server response", 15*time.Second)
 	if ok {
-		// The answer's table comes a moment after its heading.
-		shown, ok = b.waitForText(t, op+" .live-responses-table", name, 5*time.Second)
+		shown, ok = b.waitForText(t, op+" .live-responses-table", string(codeUnauthorized), 5*time.Second)
 	}
+	b.screenshot(t, filepath.Join(artifactsDir, "docs-try-it-out-401.png"))
+	if !ok {
+		t.Fatalf("Swagger UI shows no %s after Execute without a token; it shows:\n%s", codeUnauthorized, shown)
+	}
+	if status := strings.TrimSpace(b.textOf(t, op+" .live-responses-table tbody .response-col_status")); status != "401" {
+		t.Errorf("Swagger UI shows the status of Execute without a token as %q, want 401:\n%s", status, shown)
+	}
+	if !regexp.MustCompile(`(?im)^\s*www-authenticate: Bearer\s*$`).MatchString(shown) {
+		t.Errorf("Swagger UI's 401 shows no WWW-Authenticate: Bearer header:\n%s", shown)
+	}
+	var stored int
+	mustf(t, db.QueryRow("SELECT count(*) FROM treatments WHERE name = $1", name).Scan(&stored), "count treatments named %q", name)
+	if stored != 0 {
+		t.Errorf("Execute without a token stored %d treatments named %q, want none", stored, name)
+	}
+	for _, e := range b.consoleLog(t) {
+		if e.Level == "SEVERE" && !unauthorizedOnPurpose.MatchString(e.Message) {
+			t.Errorf("/docs logged a console error during Try it out without a token: %s", e.Message)
+		}
+	}
+
+	// Authorize: the bearerAuth dialog takes the token alone, without "Bearer ".
+	b.click(t, ".auth-wrapper button.authorize")
+	b.replaceText(t, `.dialog-ux input[aria-label="auth-bearer-value"]`, token)
+	b.click(t, `.dialog-ux button[aria-label="Apply credentials"]`)
+	b.element(t, `.dialog-ux button[aria-label="Remove authorization"]`) // shown once the token is taken
+	b.screenshot(t, filepath.Join(artifactsDir, "docs-authorize.png"))
+	b.click(t, ".dialog-ux button.btn-done")
+	b.element(t, ".auth-wrapper button.authorize.locked")
+
+	b.click(t, op+" button.execute")
+	// The 401's body names no treatment: the name shows the new answer.
+	shown, ok = b.waitForText(t, op+" .live-responses-table", name, 15*time.Second)
 	b.screenshot(t, filepath.Join(artifactsDir, "docs-try-it-out.png"))
 	if !ok {
-		t.Fatalf("Swagger UI shows no answer with %q after Execute; it shows:\n%s", name, shown)
+		t.Fatalf("Swagger UI shows no answer with %q after Authorize and Execute; it shows:\n%s", name, shown)
 	}
 	if status := strings.TrimSpace(b.textOf(t, op+" .live-responses-table tbody .response-col_status")); status != "201" {
 		t.Errorf("Swagger UI shows the status of Execute as %q, want 201:\n%s", status, shown)
@@ -135,19 +175,19 @@ func tryItOutCreate(t *testing.T, b *browser, base, dbURL string) {
 	if url := b.textOf(t, op+" .request-url"); !strings.Contains(url, base+"/api/v1/treatments") {
 		t.Errorf("Swagger UI sent the request to %q, want %s/api/v1/treatments", url, base)
 	}
+	if curl := b.textOf(t, op+" .curl-command"); !strings.Contains(curl, "Authorization: Bearer "+token) {
+		t.Errorf("Swagger UI's request does not carry the token given to Authorize:\n%s", curl)
+	}
 	m := regexp.MustCompile(`(?i)location: /api/v1/treatments/([0-9a-f-]{36})`).FindStringSubmatch(shown)
 	if m == nil {
 		t.Fatalf("Swagger UI's answer shows no Location header:\n%s", shown)
 	}
 
 	// The row exists, as typed into the editor.
-	db, err := sql.Open("postgres", dbURL)
-	mustf(t, err, "open the test database")
-	defer db.Close()
-	var stored string
-	mustf(t, db.QueryRow("SELECT name FROM treatments WHERE id = $1", m[1]).Scan(&stored), "read treatment %s", m[1])
-	if stored != name {
-		t.Errorf("treatment %s is named %q in the database, want %q", m[1], stored, name)
+	var storedName string
+	mustf(t, db.QueryRow("SELECT name FROM treatments WHERE id = $1", m[1]).Scan(&storedName), "read treatment %s", m[1])
+	if storedName != name {
+		t.Errorf("treatment %s is named %q in the database, want %q", m[1], storedName, name)
 	}
 	for _, e := range b.consoleLog(t) {
 		if e.Level == "SEVERE" {
@@ -155,6 +195,10 @@ func tryItOutCreate(t *testing.T, b *browser, base, dbURL string) {
 		}
 	}
 }
+
+// unauthorizedOnPurpose is the console error Chromium logs for the 401 that
+// Try it out without a token asks for.
+var unauthorizedOnPurpose = regexp.MustCompile(`^\S+/api/v1/treatments - Failed to load resource: the server responded with a status of 401 \(Unauthorized\)$`)
 
 // refusedOnPurpose is the one console error the pages may log: ReDoc always
 // draws a "by Redocly" logo fetched from its vendor's server, and the page's

@@ -172,6 +172,60 @@ func TestOpenAPIExamplesMatchSchemas(t *testing.T) {
 	t.Logf("checked %d examples", n)
 }
 
+// TestOpenAPIErrorExamplesMatchStatus checks that each error example under
+// a status carries a code that statusOf answers with that status: the
+// schema allows every code under every status.
+func TestOpenAPIErrorExamplesMatchStatus(t *testing.T) {
+	doc := loadOpenAPI(t)
+	c := schemaChecker{doc: doc}
+	n := 0
+	for _, o := range operations(t, doc) {
+		for code, ref := range asMap(o.op["responses"]) {
+			for mediaType, media := range asMap(asMap(c.resolve(ref))["content"]) {
+				values := map[string]any{"example": asMap(media)["example"]}
+				for name, ex := range asMap(asMap(media)["examples"]) {
+					values["examples/"+name] = asMap(c.resolve(ex))["value"]
+				}
+				for name, v := range values {
+					e, ok := asMap(v)["error"].(map[string]any)
+					if !ok {
+						continue
+					}
+					n++
+					ec, _ := e["code"].(string)
+					if got := strconv.Itoa(statusOf[errorCode(ec)]); got != code {
+						t.Errorf("%s %s %s %s %s: error code %s is answered with %s, not %s", o.method, o.path, code, mediaType, name, ec, got, code)
+					}
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("found no error examples in openapi.json")
+	}
+}
+
+// TestOpenAPIDescribesCORS checks that info.description lists the response
+// headers CORS exposes and the request headers a preflight allows, as the
+// cors middleware sends them: a browser client can use no other.
+func TestOpenAPIDescribesCORS(t *testing.T) {
+	description, _ := asMap(loadOpenAPI(t)["info"])["description"].(string)
+	_, cors, ok := strings.Cut(description, "**CORS**")
+	if !ok {
+		t.Fatalf("info.description has no **CORS** paragraph")
+	}
+	cors, _, _ = strings.Cut(cors, "\n\n")
+	for _, h := range []struct{ name, value string }{
+		{"Access-Control-Expose-Headers", corsExposeHeaders},
+		{"Access-Control-Allow-Headers", corsAllowHeaders},
+	} {
+		want := "`" + h.name + "` (`" + strings.ReplaceAll(h.value, ", ", "`, `") + "`)"
+		if !strings.Contains(cors, want) {
+			t.Errorf("info.description's CORS paragraph does not say %s; the server sends %s: %s", want, h.name, h.value)
+		}
+	}
+}
+
 // TestOpenAPIVersion checks that /openapi.json reports APP_VERSION and keeps
 // the document's order (the UIs list routes in that order).
 func TestOpenAPIVersion(t *testing.T) {
@@ -230,16 +284,19 @@ func topLevelKeys(t testing.TB, obj []byte) []string {
 }
 
 // TestOpenAPILiveResponsesMatchDocument sends every documented operation to
-// servers whose dependencies are up, down, and whose docs are off, plus the
-// wrong method and an oversized body, and checks each answer against the
-// document: the status is documented, and the body and headers match it.
-// Path parameters take their documented examples. Each server then gets the
-// requests of its treatments flow (docs_treatments_test.go), which walk the
-// domain routes through their answers; a server whose database stalls gets
-// only those, to show that REQUEST_TIMEOUT bounds them (fault_test.go has
-// the health routes' answers to a stall). Every documented status must come
-// up at least once, except 500, which no request can cause on purpose (its
-// example is checked above).
+// servers whose dependencies are up, down, whose docs are off and which
+// cannot check tokens, plus the wrong method and an oversized body, and
+// checks each answer against the document: the status is documented, and
+// the body and headers match it; an operation answers a request without a
+// token 401 (503 without SUPABASE_URL) exactly when the document says it
+// needs one. Path parameters take their documented examples. Each server
+// then gets the requests of its flows (docs_treatments_test.go and
+// docs_auth_test.go), which walk the domain routes through their answers; a
+// server whose database stalls gets only those, to show that
+// REQUEST_TIMEOUT bounds them (fault_test.go has the health routes' answers
+// to a stall), and so does one whose project's keys cannot be fetched.
+// Every documented status must come up at least once, except 500, which no
+// request can cause on purpose (its example is checked above).
 func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 	requireRedis(t)
 	doc := loadOpenAPI(t)
@@ -247,22 +304,33 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 	dead := strconv.Itoa(freePort(t))
 	deadDB := "postgres://zenspa_test:" + testDatabasePassword + "@127.0.0.1:" + dead + "/zenspa?sslmode=disable"
 	stalledDB := "postgres://zenspa_test:" + testDatabasePassword + "@" + silentListener(t) + "/zenspa?sslmode=disable"
+	p := newProject(t)
+	keyless := newProject(t)
+	keyless.jwks.setStatus(http.StatusInternalServerError)
+	type flow = func(*liveCaller)
 	servers := []struct {
-		name       string
-		kv         []string
-		db         string
-		treatments func(*liveCaller)
-		flowOnly   bool // skip the requests to every operation
+		name     string
+		project  *project // nil: no SUPABASE_URL
+		kv       []string
+		db       string
+		flows    []flow
+		flowOnly bool // skip the requests to every operation
 	}{
-		{"dependencies up", nil, newMigratedDatabase(t), treatmentsFlow, false},
-		{"Redis down", []string{"REDIS_PORT=" + dead}, newMigratedDatabase(t), treatmentsFlow, false},
-		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB, treatmentsWithoutDatabase, false},
-		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB, treatmentsWithoutDatabase, false},
-		{"database stalls", []string{"REQUEST_TIMEOUT=300ms"}, stalledDB, treatmentsWithoutDatabase, true},
+		{"dependencies up", p, nil, newMigratedDatabase(t), []flow{identityFlow, treatmentsFlow}, false},
+		{"Redis down", p, []string{"REDIS_PORT=" + dead}, newMigratedDatabase(t), []flow{treatmentsFlow}, false},
+		{"dependencies down", p, []string{"REDIS_PORT=" + dead}, deadDB, []flow{identityFlow, treatmentsWithoutDatabase}, false},
+		{"docs and metrics off", p, []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB, []flow{treatmentsWithoutDatabase}, false},
+		{"authentication off", nil, nil, newMigratedDatabase(t), []flow{withoutAuthentication}, false},
+		{"database stalls", p, []string{"REQUEST_TIMEOUT=300ms"}, stalledDB, []flow{treatmentsWithoutDatabase}, true},
+		{"signing keys unavailable", keyless, nil, newMigratedDatabase(t), []flow{withoutSigningKeys}, true},
 	}
 	seen := map[string]bool{} // "GET /health 503"
 	for _, srv := range servers {
-		cfg := testConfig(t, srv.db, srv.kv...)
+		kv := srv.kv
+		if srv.project != nil {
+			kv = slices.Concat(srv.project.env(), kv)
+		}
+		cfg := testConfig(t, srv.db, kv...)
 		s, _ := newTestServer(t, cfg)
 		ts := startTestServer(t, s)
 		for _, o := range operations(t, doc) {
@@ -276,6 +344,19 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 			status, h, body := do(t, o.method, target, nil, nil)
 			c.checkResponse(t, o, what, status, h, body)
 			seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
+
+			// The document names bearerAuth exactly where the server asks
+			// for a token.
+			secured := len(asSlice(o.op["security"])) > 0
+			challenge := h.Get("WWW-Authenticate")
+			switch {
+			case secured && srv.project != nil && (status != http.StatusUnauthorized || challenge != "Bearer"):
+				t.Errorf("%s without a token = %d with WWW-Authenticate %q, want 401 and Bearer: the document names bearerAuth", what, status, challenge)
+			case secured && srv.project == nil && status != http.StatusServiceUnavailable:
+				t.Errorf("%s without a token, authentication off = %d, want 503", what, status)
+			case !secured && (status == http.StatusUnauthorized || status == http.StatusForbidden || challenge != ""):
+				t.Errorf("%s without a token = %d with WWW-Authenticate %q: the server asks for a token where the document names no security", what, status, challenge)
+			}
 
 			// HEAD: the same status and headers as GET, no body.
 			if o.method == http.MethodGet {
@@ -307,7 +388,13 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 			c.checkResponse(t, o, what+" with a 2 MiB body", status, h, body)
 			seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
 		}
-		srv.treatments(&liveCaller{t: t, c: c, doc: doc, base: ts.URL, server: srv.name, seen: seen})
+		for _, f := range srv.flows {
+			lc := &liveCaller{t: t, c: c, doc: doc, base: ts.URL, server: srv.name, seen: seen, p: srv.project}
+			if srv.project != nil {
+				lc.manager = srv.project.token(t, algES256, srv.project.manager())
+			}
+			f(lc)
+		}
 	}
 	for _, o := range operations(t, doc) {
 		for code := range o.op["responses"].(map[string]any) {

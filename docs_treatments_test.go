@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,17 +18,24 @@ import (
 // so each server also gets a flow of real requests: treatmentsFlow where the
 // database is up, treatmentsWithoutDatabase where it is not. Every answer is
 // checked against the document like any other, and against what the flow
-// expects of it. The next module adds its own flow beside these.
+// expects of it. Only a manager may write: the flows send a manager's token
+// on every write, and meet the refusals of docs_auth_test.go on the way.
+// The next module adds its own flow beside these.
 
 // liveCaller sends requests to one server of the live test and checks each
 // answer against the document's operation for it.
 type liveCaller struct {
-	t      *testing.T
-	c      schemaChecker
-	doc    map[string]any
-	base   string
-	server string
-	seen   map[string]bool // "GET /api/v1/treatments/{id} 304", shared by all servers
+	t       *testing.T
+	c       schemaChecker
+	doc     map[string]any
+	base    string
+	server  string
+	seen    map[string]bool // "GET /api/v1/treatments/{id} 304", shared by all servers
+	p       *project        // the server's Supabase project; nil when it has no SUPABASE_URL
+	manager string          // an access token of p's that may change the menu
+	// unavailable is the code the flow's 503s carry: DATABASE_ERROR unless
+	// the flow says that its server cannot check tokens.
+	unavailable errorCode
 }
 
 // answer is one checked response; body is its JSON object, nil when none.
@@ -59,14 +67,16 @@ func (a answer) problemFields() []string {
 	return fields
 }
 
-// errorCodeOf is the code each error status of the treatment routes carries.
+// errorCodeOf is the code each error status of the flows' routes carries;
+// a 503's is the liveCaller's unavailable.
 var errorCodeOf = map[int]errorCode{
+	http.StatusUnauthorized:         codeUnauthorized,
+	http.StatusForbidden:            codeForbidden,
 	http.StatusNotFound:             codeNotFound,
 	http.StatusConflict:             codeConflict,
 	http.StatusPreconditionFailed:   codePreconditionFailed,
 	http.StatusUnsupportedMediaType: codeUnsupportedMedia,
 	http.StatusUnprocessableEntity:  codeValidation,
-	http.StatusServiceUnavailable:   codeDatabase,
 }
 
 // call sends operation opID to path (with its query), body as
@@ -80,7 +90,11 @@ func (lc *liveCaller) call(opID, path string, header http.Header, body string, w
 	o := lc.operation(opID)
 	what := fmt.Sprintf("%s: %s %s", lc.server, o.method, path)
 	for _, k := range slices.Sorted(maps.Keys(header)) {
-		what += fmt.Sprintf(" (%s: %s)", k, strings.Join(header[k], ", "))
+		v := strings.Join(header[k], ", ")
+		if len(v) > 40 {
+			v = v[:37] + "..." // a token's start tells which it is
+		}
+		what += fmt.Sprintf(" (%s: %s)", k, v)
 	}
 	if body != "" {
 		what += " " + body
@@ -106,10 +120,24 @@ func (lc *liveCaller) call(opID, path string, header http.Header, body string, w
 	if len(raw) > 0 {
 		a.body = objectOf(t, what, raw)
 	}
-	if code, ok := errorCodeOf[status]; ok {
+	code, ok := errorCodeOf[status]
+	if status == http.StatusServiceUnavailable {
+		code, ok = cmp.Or(lc.unavailable, codeDatabase), true
+	}
+	if ok {
 		wantErrorEnvelope(t, what, h, raw, code)
 	}
 	return a
+}
+
+// asManager is h with the manager's token added, for a write.
+func (lc *liveCaller) asManager(h http.Header) http.Header {
+	h = h.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set("Authorization", "Bearer "+lc.manager)
+	return h
 }
 
 // operation finds the documented operation opID.
@@ -192,7 +220,7 @@ func treatmentsFlow(lc *liveCaller) {
 	examples := lc.requestExamples("TreatmentCreate")
 	var created []stored
 	for _, name := range slices.Sorted(maps.Keys(examples)) {
-		a := lc.call("createTreatment", list, nil, jsonOf(t, examples[name]), http.StatusCreated)
+		a := lc.call("createTreatment", list, lc.asManager(nil), jsonOf(t, examples[name]), http.StatusCreated)
 		want := map[string]any{"description": "", "currency": "VND", "active": true}
 		maps.Copy(want, examples[name])
 		wantMembers(t, "POST example "+name, a.data(), want)
@@ -213,15 +241,21 @@ func treatmentsFlow(lc *liveCaller) {
 	first, second := created[0], created[1]
 
 	// What POST refuses.
-	a := lc.call("createTreatment", list, nil,
+	a := lc.call("createTreatment", list, lc.asManager(nil),
 		jsonOf(t, map[string]any{"name": strings.ToUpper(first.name()), "duration_minutes": 60, "price": 1}), http.StatusConflict)
 	wantFields(t, "POST a name taken in another case", a, "name")
-	a = lc.call("createTreatment", list, nil,
+	a = lc.call("createTreatment", list, lc.asManager(nil),
 		`{"name":" ","duration_minutes":7,"price":-1,"currency":"vnd","colour":"red"}`, http.StatusUnprocessableEntity)
 	wantFields(t, "POST a body with five problems", a, "name", "duration_minutes", "price", "currency", "")
-	a = lc.call("createTreatment", list, nil, `[]`, http.StatusUnprocessableEntity)
+	a = lc.call("createTreatment", list, lc.asManager(nil), `[]`, http.StatusUnprocessableEntity)
 	wantFields(t, "POST an array", a, "")
-	lc.call("createTreatment", list, header("Content-Type", "text/plain"), jsonOf(t, examples["defaults"]), http.StatusUnsupportedMediaType)
+	lc.call("createTreatment", list, lc.asManager(header("Content-Type", "text/plain")), jsonOf(t, examples["defaults"]), http.StatusUnsupportedMediaType)
+
+	// Who may not write changes nothing.
+	refuseWrites(lc, first.path(), jsonOf(t, examples["defaults"]))
+	if a = lc.call("getTreatment", first.path(), nil, "", http.StatusOK); a.header.Get("ETag") != first.etag {
+		t.Errorf("%s: GET %s after refused writes has ETag %s, want %s as created", lc.server, first.path(), a.header.Get("ETag"), first.etag)
+	}
 
 	// Pages of one walk the menu in order, each cursor leading to the next.
 	var walked []string
@@ -279,14 +313,14 @@ func treatmentsFlow(lc *liveCaller) {
 	updates := lc.requestExamples("TreatmentUpdate")
 	s := second
 	for _, name := range slices.Sorted(maps.Keys(updates)) {
-		a = lc.call("updateTreatment", s.path(), header("If-Match", s.etag), jsonOf(t, updates[name]), http.StatusOK)
+		a = lc.call("updateTreatment", s.path(), lc.asManager(header("If-Match", s.etag)), jsonOf(t, updates[name]), http.StatusOK)
 		wantMembers(t, "PATCH example "+name, a.data(), updates[name])
 		stale := s.etag
 		s = stored{data: a.data(), etag: a.header.Get("ETag")}
 		if s.etag == stale {
 			t.Errorf("%s: PATCH example %s kept the ETag %s", lc.server, name, stale)
 		}
-		lc.call("updateTreatment", s.path(), header("If-Match", stale), jsonOf(t, updates[name]), http.StatusPreconditionFailed)
+		lc.call("updateTreatment", s.path(), lc.asManager(header("If-Match", stale)), jsonOf(t, updates[name]), http.StatusPreconditionFailed)
 		a = lc.call("getTreatment", s.path(), nil, "", http.StatusOK)
 		if a.header.Get("ETag") != s.etag || !reflect.DeepEqual(a.data(), s.data) {
 			t.Errorf("%s: GET after PATCH = %s %v, want %s %v", lc.server, a.header.Get("ETag"), a.data(), s.etag, s.data)
@@ -295,23 +329,23 @@ func treatmentsFlow(lc *liveCaller) {
 	stale := second.etag
 
 	// What PATCH refuses.
-	a = lc.call("updateTreatment", s.path(), nil, jsonOf(t, map[string]any{"name": first.name()}), http.StatusConflict)
+	a = lc.call("updateTreatment", s.path(), lc.asManager(nil), jsonOf(t, map[string]any{"name": first.name()}), http.StatusConflict)
 	wantFields(t, "PATCH to a name taken", a, "name")
-	a = lc.call("updateTreatment", s.path(), nil, `{}`, http.StatusUnprocessableEntity)
+	a = lc.call("updateTreatment", s.path(), lc.asManager(nil), `{}`, http.StatusUnprocessableEntity)
 	wantFields(t, "PATCH nothing", a, "")
-	lc.call("updateTreatment", s.path(), header("Content-Type", "text/plain"), `{"price":1}`, http.StatusUnsupportedMediaType)
-	lc.call("updateTreatment", list+"/"+newUUID(), nil, `{"price":1}`, http.StatusNotFound)
-	a = lc.call("updateTreatment", list+"/not-a-uuid", nil, `{"price":1}`, http.StatusUnprocessableEntity)
+	lc.call("updateTreatment", s.path(), lc.asManager(header("Content-Type", "text/plain")), `{"price":1}`, http.StatusUnsupportedMediaType)
+	lc.call("updateTreatment", list+"/"+newUUID(), lc.asManager(nil), `{"price":1}`, http.StatusNotFound)
+	a = lc.call("updateTreatment", list+"/not-a-uuid", lc.asManager(nil), `{"price":1}`, http.StatusUnprocessableEntity)
 	wantFields(t, "PATCH a bad id", a, "id")
 
 	// DELETE under If-Match, then without; then the menu is empty, not null.
-	lc.call("deleteTreatment", s.path(), header("If-Match", stale), "", http.StatusPreconditionFailed)
-	lc.call("deleteTreatment", s.path(), header("If-Match", s.etag), "", http.StatusNoContent)
+	lc.call("deleteTreatment", s.path(), lc.asManager(header("If-Match", stale)), "", http.StatusPreconditionFailed)
+	lc.call("deleteTreatment", s.path(), lc.asManager(header("If-Match", s.etag)), "", http.StatusNoContent)
 	lc.call("getTreatment", s.path(), nil, "", http.StatusNotFound)
-	lc.call("deleteTreatment", s.path(), nil, "", http.StatusNotFound)
-	a = lc.call("deleteTreatment", list+"/not-a-uuid", nil, "", http.StatusUnprocessableEntity)
+	lc.call("deleteTreatment", s.path(), lc.asManager(nil), "", http.StatusNotFound)
+	a = lc.call("deleteTreatment", list+"/not-a-uuid", lc.asManager(nil), "", http.StatusUnprocessableEntity)
 	wantFields(t, "DELETE a bad id", a, "id")
-	lc.call("deleteTreatment", first.path(), nil, "", http.StatusNoContent)
+	lc.call("deleteTreatment", first.path(), lc.asManager(nil), "", http.StatusNoContent)
 	a = lc.call("listTreatments", list, nil, "", http.StatusOK)
 	if items, ok := a.body["data"].([]any); !ok || len(items) != 0 {
 		t.Errorf("%s: GET %s after deleting all = %v, want data []", lc.server, list, a.body["data"])
@@ -327,16 +361,32 @@ func treatmentsWithoutDatabase(lc *liveCaller) {
 	const list = "/api/v1/treatments"
 	path := list + "/" + newUUID() // never cached, so the database is asked
 	create := lc.requestExamples("TreatmentCreate")["defaults"]
-	for _, r := range []struct{ opID, path, body string }{
-		{"listTreatments", list + "?active=true", ""},
-		{"createTreatment", list, jsonOf(t, create)},
-		{"updateTreatment", path, `{"price":1}`},
-		{"deleteTreatment", path, ""},
+	for _, r := range []struct {
+		opID, path string
+		header     http.Header
+		body       string
+	}{
+		{"listTreatments", list + "?active=true", nil, ""},
+		{"createTreatment", list, lc.asManager(nil), jsonOf(t, create)},
+		{"updateTreatment", path, lc.asManager(nil), `{"price":1}`},
+		{"deleteTreatment", path, lc.asManager(nil), ""},
 	} {
-		lc.call(r.opID, r.path, nil, r.body, http.StatusServiceUnavailable)
+		lc.call(r.opID, r.path, r.header, r.body, http.StatusServiceUnavailable)
 	}
 	lc.call("getTreatment", path, nil, "", http.StatusServiceUnavailable)
-	lc.call("createTreatment", list, header("Content-Type", "text/plain"), jsonOf(t, create), http.StatusUnsupportedMediaType)
+	lc.call("createTreatment", list, lc.asManager(header("Content-Type", "text/plain")), jsonOf(t, create), http.StatusUnsupportedMediaType)
 	lc.call("listTreatments", list+"?limit=101", nil, "", http.StatusUnprocessableEntity)
-	lc.call("updateTreatment", list+"/not-a-uuid", nil, `{"price":1}`, http.StatusUnprocessableEntity)
+	lc.call("updateTreatment", list+"/not-a-uuid", lc.asManager(nil), `{"price":1}`, http.StatusUnprocessableEntity)
+	refuseWrites(lc, path, jsonOf(t, create))
+}
+
+// refuseWrites sends each of the menu's writes, with a body it would carry
+// out, as every caller who may not make it (refusals): a user who is not a
+// manager among them. The token is checked first, so the answers are the
+// same whether the database is up or not, and whether item exists.
+func refuseWrites(lc *liveCaller, item, create string) {
+	rs := refusals(lc, lc.p.user(newUUID()))
+	lc.refuse("createTreatment", "/api/v1/treatments", create, rs)
+	lc.refuse("updateTreatment", item, `{"price":1}`, rs)
+	lc.refuse("deleteTreatment", item, "", rs)
 }
