@@ -62,8 +62,8 @@ func (s *server) require(a access, h apiHandler) apiHandler {
 		switch {
 		case errors.As(err, &refused):
 			return unauthorized(`Bearer error="invalid_token"`, "The access token is not valid")
-		case err != nil:
-			return &apiError{Code: codeServiceUnavailable, Message: "The access token cannot be checked now, try again later", Cause: err}
+		case err != nil: // the verifier has logged it, at most every few seconds
+			return newError(codeServiceUnavailable, "The access token cannot be checked now, try again later")
 		}
 		recorder(w).user = id.Subject
 		if !slices.Contains(roles, id.Role) || a.claim != "" && !slices.Contains(a.values, appMetadataString(id, a.claim)) {
