@@ -144,6 +144,7 @@ func securityHeaders(next http.Handler) http.Handler {
 
 // accessLog writes one line per request: INFO, ERROR for a 5xx, and DEBUG for
 // health probes whatever their status, so that probes do not flood the log.
+// client is the address clientAddr decided.
 func (s *server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A health probe logs at DEBUG whatever its answer: with DEBUG off
@@ -173,6 +174,7 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
+				slog.String("client", s.clientAddr(r).String()),
 				slog.Int("status", status),
 				slog.Int64("bytes", rec.bytes),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
