@@ -55,8 +55,10 @@ type config struct {
 	DocsAssetBaseURL     string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
 	NotifySocket         string // systemd's sd_notify socket; empty when not under Type=notify
 
-	// Who the client is (clientaddr.go).
-	TrustedProxies []netip.Prefix // peers whose X-Forwarded-For names the client
+	// Who the client is, and how much it may ask (clientaddr.go, ratelimit.go).
+	TrustedProxies  []netip.Prefix // peers whose X-Forwarded-For names the client
+	RateLimit       int            // requests per RateLimitWindow per client; 0: no limit
+	RateLimitWindow time.Duration
 
 	// Authentication: on when SUPABASE_URL is set (auth.go).
 	SupabaseURL           string
@@ -120,7 +122,9 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		MetricsAddr:          p.listenAddress("METRICS_ADDR"),
 		NotifySocket:         get("NOTIFY_SOCKET"),
 
-		TrustedProxies: p.trustedProxies("TRUSTED_PROXIES"),
+		TrustedProxies:  p.trustedProxies("TRUSTED_PROXIES"),
+		RateLimit:       p.integer("RATE_LIMIT", 300, 0, maxRateLimit),
+		RateLimitWindow: p.duration("RATE_LIMIT_WINDOW", time.Minute, false),
 
 		configFileDescription: source,
 	}
@@ -128,6 +132,9 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 	// would show the whole surface to anyone: there they are opt-in.
 	cfg.DocsEnabled = p.boolean("DOCS_ENABLED", cfg.Environment != "production")
 	cfg.DocsAssetBaseURL = p.assetBaseURL("DOCS_ASSET_BASE_URL", defaultDocsAssetBaseURL)
+	if w := cfg.RateLimitWindow; w < time.Second || w > 24*time.Hour {
+		p.fail("RATE_LIMIT_WINDOW", "must be from 1s to 24h, got %s", w)
+	}
 	p.auth(&cfg)
 	if len(p.problems) > 0 {
 		return config{}, &configError{problems: p.problems}
@@ -586,6 +593,8 @@ func (c config) LogValue() slog.Value {
 		slog.Bool("metrics_enabled", c.MetricsEnabled),
 		slog.String("metrics_addr", c.MetricsAddr),
 		slog.Any("trusted_proxies", c.TrustedProxies),
+		slog.Int("rate_limit", c.RateLimit),
+		slog.Duration("rate_limit_window", c.RateLimitWindow),
 		slog.String("supabase_url", c.SupabaseURL),
 		slog.String("auth_issuer", c.AuthIssuer),
 		slog.String("auth_jwks_url", c.AuthJWKSURL),

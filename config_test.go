@@ -102,6 +102,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"SHUTDOWN_TIMEOUT", cfg.ShutdownTimeout, 15 * time.Second},
 		{"LOG_LEVEL", cfg.LogLevel, slog.LevelInfo},
 		{"TRUSTED_PROXIES", cfg.TrustedProxies, []netip.Prefix(nil)},
+		{"RATE_LIMIT", cfg.RateLimit, 300},
+		{"RATE_LIMIT_WINDOW", cfg.RateLimitWindow, time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -287,6 +289,8 @@ func TestConfigValidation(t *testing.T) {
 		"CORS_ORIGINS":           func(c config) any { return c.CORSOrigins },
 		"DATABASE_URL":           func(c config) any { return c.DatabaseURL },
 		"TRUSTED_PROXIES":        func(c config) any { return c.TrustedProxies },
+		"RATE_LIMIT":             func(c config) any { return c.RateLimit },
+		"RATE_LIMIT_WINDOW":      func(c config) any { return c.RateLimitWindow },
 	}
 	prefixes := func(ps ...string) []netip.Prefix {
 		var out []netip.Prefix
@@ -423,6 +427,24 @@ func TestConfigValidation(t *testing.T) {
 		{"TRUSTED_PROXIES", "0.0.0.0/0", configRefused{}},
 		{"TRUSTED_PROXIES", "::/0", configRefused{}},
 		{"TRUSTED_PROXIES", "10.0.0.1, *", configRefused{}},
+
+		// The rate limit: 0 turns it off; the window is 1s to 24h.
+		{"RATE_LIMIT", "0", 0},
+		{"RATE_LIMIT", "1", 1},
+		{"RATE_LIMIT", "1000000", 1000000},
+		{"RATE_LIMIT", "-1", configRefused{}},
+		{"RATE_LIMIT", "1000001", configRefused{}},
+		{"RATE_LIMIT", "10.5", configRefused{}},
+		{"RATE_LIMIT", "lots", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "1s", time.Second},
+		{"RATE_LIMIT_WINDOW", "90", 90 * time.Second},
+		{"RATE_LIMIT_WINDOW", "24h", 24 * time.Hour},
+		{"RATE_LIMIT_WINDOW", "0", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "0s", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "-1m", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "999ms", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "25h", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "soon", configRefused{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"="+tt.value, func(t *testing.T) {

@@ -712,6 +712,7 @@ func TestHTTPWriteErrorStatus(t *testing.T) {
 		{codePreconditionFailed, http.StatusPreconditionFailed},
 		{codePayloadTooLarge, http.StatusRequestEntityTooLarge},
 		{codeUnsupportedMedia, http.StatusUnsupportedMediaType},
+		{codeRateLimited, http.StatusTooManyRequests},
 		{codeDatabase, http.StatusServiceUnavailable},
 		{codeCache, http.StatusServiceUnavailable},
 		{codeServiceUnavailable, http.StatusServiceUnavailable},
