@@ -259,12 +259,18 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 		{"dependencies down", []string{"REDIS_PORT=" + dead}, deadDB, treatmentsWithoutDatabase, false},
 		{"docs and metrics off", []string{"ENVIRONMENT=production", "METRICS_ENABLED=false"}, deadDB, treatmentsWithoutDatabase, false},
 		{"database stalls", []string{"REQUEST_TIMEOUT=300ms"}, stalledDB, treatmentsWithoutDatabase, true},
+		// Its budget spent before the first request: every limited route answers 429.
+		{"rate limit spent", []string{"RATE_LIMIT=1"}, deadDB, func(*liveCaller) {}, false},
 	}
 	seen := map[string]bool{} // "GET /health 503"
 	for _, srv := range servers {
 		cfg := testConfig(t, srv.db, srv.kv...)
 		s, _ := newTestServer(t, cfg)
 		ts := startTestServer(t, s)
+		if s.limiter != nil {
+			s.limiter.prefix = testKeyPrefix(t)
+			get(t, ts.URL, "/")
+		}
 		for _, o := range operations(t, doc) {
 			if srv.flowOnly {
 				break
@@ -295,7 +301,7 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 					t.Errorf("%s: %s = 405 with Allow %q, want the documented methods %q", what, wrong, got, want)
 				}
 				fallthrough
-			case http.StatusNotFound:
+			case http.StatusNotFound, http.StatusTooManyRequests:
 				c.checkResponse(t, o, what+" (as "+wrong+")", status, h, body)
 				seen[fmt.Sprintf("%s %s %d", o.method, o.path, status)] = true
 			default:
