@@ -268,7 +268,7 @@ func TestOpenAPILiveResponsesMatchDocument(t *testing.T) {
 		s, _ := newTestServer(t, cfg)
 		ts := startTestServer(t, s)
 		if s.limiter != nil {
-			s.limiter.prefix = testKeyPrefix(t)
+			isolateRateLimit(t, s)
 			get(t, ts.URL, "/")
 		}
 		for _, o := range operations(t, doc) {
