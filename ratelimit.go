@@ -20,8 +20,8 @@ import (
 //
 // The algorithm is GCRA, the generic cell rate algorithm (a leaky bucket
 // written as one timestamp). A budget is one key holding its theoretical
-// arrival time (TAT): the moment the client would have used up nothing, had
-// its requests come exactly one emission interval (window / limit) apart.
+// arrival time (TAT): each admitted request pushes it one emission interval
+// (window / limit) later, and the budget is whole again once it has passed.
 // A request is admitted when, counting it, the TAT lies at most one window
 // ahead of now: so a fresh client may send the whole limit in a burst, and
 // then one request per interval. Unlike fixed windows, which admit twice the
@@ -32,8 +32,9 @@ import (
 //
 // One Lua script reads, decides and writes in one step, so concurrent
 // requests on any instance cannot both take the last unit, and it reads the
-// time from Redis, so the instances' clocks need not agree. A limited
-// request does not move the TAT: hammering while refused costs nothing more.
+// time from Redis, so the instances' clocks need not agree. A refused
+// request does not move the TAT: a client that keeps asking while refused
+// is not pushed further back.
 //
 // Whose budget: a request whose bearer token verifies counts against its
 // user (the token's sub) only, not against its address, so that the
