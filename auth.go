@@ -57,7 +57,7 @@ func (s *server) require(a access, h apiHandler) apiHandler {
 		if err != nil {
 			return err
 		}
-		id, err := s.auth.verify(r.Context(), token)
+		id, err := s.verifyToken(w, r, token)
 		var refused *authError
 		switch {
 		case errors.As(err, &refused):
@@ -72,6 +72,27 @@ func (s *server) require(a access, h apiHandler) apiHandler {
 		}
 		return h(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
 	}
+}
+
+// tokenCheck is the verifier's answer about one token, kept for the rest
+// of the request on its responseRecorder.
+type tokenCheck struct {
+	token string
+	id    *identity
+	err   error
+}
+
+// verifyToken is s.auth.verify once per request: the rate limit, which
+// needs the caller's sub before any route runs, leaves its answer for
+// require, so that a token is counted and its refusal logged only once.
+func (s *server) verifyToken(w http.ResponseWriter, r *http.Request, token string) (*identity, error) {
+	rec := recorder(w)
+	if c := rec.token; c != nil && c.token == token {
+		return c.id, c.err
+	}
+	id, err := s.auth.verify(r.Context(), token)
+	rec.token = &tokenCheck{token: token, id: id, err: err}
+	return id, err
 }
 
 // bearerToken is the token of the request's one Authorization header, which

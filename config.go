@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -53,6 +54,11 @@ type config struct {
 	DocsEnabled          bool   // serve /openapi.json, /docs and /redoc
 	DocsAssetBaseURL     string // where the docs pages load Swagger UI and ReDoc from, no trailing slash
 	NotifySocket         string // systemd's sd_notify socket; empty when not under Type=notify
+
+	// Who the client is, and how much it may ask (clientaddr.go, ratelimit.go).
+	TrustedProxies  []netip.Prefix // peers whose X-Forwarded-For names the client
+	RateLimit       int            // requests per RateLimitWindow per client; 0: no limit
+	RateLimitWindow time.Duration
 
 	// Authentication: on when SUPABASE_URL is set (auth.go).
 	SupabaseURL           string
@@ -116,12 +122,19 @@ func loadConfig(lookupEnv func(string) (string, bool)) (config, error) {
 		MetricsAddr:          p.listenAddress("METRICS_ADDR"),
 		NotifySocket:         get("NOTIFY_SOCKET"),
 
+		TrustedProxies:  p.trustedProxies("TRUSTED_PROXIES"),
+		RateLimit:       p.integer("RATE_LIMIT", 300, 0, maxRateLimit),
+		RateLimitWindow: p.duration("RATE_LIMIT_WINDOW", time.Minute, false),
+
 		configFileDescription: source,
 	}
 	// Interactive API docs help everywhere but in production, where they
 	// would show the whole surface to anyone: there they are opt-in.
 	cfg.DocsEnabled = p.boolean("DOCS_ENABLED", cfg.Environment != "production")
 	cfg.DocsAssetBaseURL = p.assetBaseURL("DOCS_ASSET_BASE_URL", defaultDocsAssetBaseURL)
+	if w := cfg.RateLimitWindow; w < time.Second || w > 24*time.Hour {
+		p.fail("RATE_LIMIT_WINDOW", "must be from 1s to 24h, got %s", w)
+	}
 	p.auth(&cfg)
 	if len(p.problems) > 0 {
 		return config{}, &configError{problems: p.problems}
@@ -452,6 +465,53 @@ func (p *parser) listenAddress(key string) string {
 	return v
 }
 
+// trustedProxies reads a comma-separated list of CIDRs and bare addresses
+// (a bare address is a /32 or /128). An IPv4-mapped IPv6 prefix
+// (::ffff:10.0.0.0/104) becomes the IPv4 prefix it maps, since clientAddr
+// compares unmapped addresses. A prefix of every address is refused: with
+// it, any client could name itself in X-Forwarded-For.
+func (p *parser) trustedProxies(key string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, item := range strings.Split(p.get(key), ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		prefix, err := parseTrustedProxy(item)
+		if err != nil {
+			p.fail(key, "%q: %v", item, err)
+			continue
+		}
+		out = append(out, prefix)
+	}
+	return out
+}
+
+// parseTrustedProxy parses one entry of TRUSTED_PROXIES.
+func parseTrustedProxy(v string) (netip.Prefix, error) {
+	var prefix netip.Prefix
+	if strings.Contains(v, "/") {
+		pr, err := netip.ParsePrefix(v) // refuses a zone
+		if err != nil {
+			return netip.Prefix{}, errors.New("not a CIDR such as 10.0.0.0/8 or 2001:db8::/32")
+		}
+		prefix = pr.Masked()
+	} else {
+		a, err := netip.ParseAddr(v)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, errors.New("not an IP address or a CIDR such as 10.0.0.0/8")
+		}
+		prefix = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := prefix.Addr(); a.Is4In6() && prefix.Bits() >= 96 {
+		prefix = netip.PrefixFrom(a.Unmap(), prefix.Bits()-96)
+	}
+	if prefix.Bits() == 0 {
+		return netip.Prefix{}, errors.New("trusts every address, so any client could name itself: list the proxies")
+	}
+	return prefix, nil
+}
+
 // assetBaseURL reads DOCS_ASSET_BASE_URL: an http or https URL with no query,
 // fragment or credentials, and none of the characters that would end a
 // source in the pages' Content-Security-Policy. It is returned without its
@@ -532,6 +592,9 @@ func (c config) LogValue() slog.Value {
 		slog.String("docs_asset_base_url", c.DocsAssetBaseURL),
 		slog.Bool("metrics_enabled", c.MetricsEnabled),
 		slog.String("metrics_addr", c.MetricsAddr),
+		slog.Any("trusted_proxies", c.TrustedProxies),
+		slog.Int("rate_limit", c.RateLimit),
+		slog.Duration("rate_limit_window", c.RateLimitWindow),
 		slog.String("supabase_url", c.SupabaseURL),
 		slog.String("auth_issuer", c.AuthIssuer),
 		slog.String("auth_jwks_url", c.AuthJWKSURL),

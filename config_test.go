@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -100,6 +101,9 @@ func TestConfigDefaults(t *testing.T) {
 		{"SHUTDOWN_DRAIN_DELAY", cfg.ShutdownDrainDelay, time.Duration(0)},
 		{"SHUTDOWN_TIMEOUT", cfg.ShutdownTimeout, 15 * time.Second},
 		{"LOG_LEVEL", cfg.LogLevel, slog.LevelInfo},
+		{"TRUSTED_PROXIES", cfg.TrustedProxies, []netip.Prefix(nil)},
+		{"RATE_LIMIT", cfg.RateLimit, 300},
+		{"RATE_LIMIT_WINDOW", cfg.RateLimitWindow, time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +288,16 @@ func TestConfigValidation(t *testing.T) {
 		"LOG_LEVEL":              func(c config) any { return c.LogLevel },
 		"CORS_ORIGINS":           func(c config) any { return c.CORSOrigins },
 		"DATABASE_URL":           func(c config) any { return c.DatabaseURL },
+		"TRUSTED_PROXIES":        func(c config) any { return c.TrustedProxies },
+		"RATE_LIMIT":             func(c config) any { return c.RateLimit },
+		"RATE_LIMIT_WINDOW":      func(c config) any { return c.RateLimitWindow },
+	}
+	prefixes := func(ps ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, p := range ps {
+			out = append(out, netip.MustParsePrefix(p))
+		}
+		return out
 	}
 	tests := []struct {
 		key, value string
@@ -396,6 +410,41 @@ func TestConfigValidation(t *testing.T) {
 		{"DATABASE_URL", "mysql://u:p@h/db", configRefused{}},
 		{"DATABASE_URL", "h:5432/db", configRefused{}},
 		{"DATABASE_URL", "postgres:///db", configRefused{}},
+
+		// TRUSTED_PROXIES: CIDRs and bare addresses, IPv4-mapped ones unmapped.
+		{"TRUSTED_PROXIES", "10.0.0.0/8", prefixes("10.0.0.0/8")},
+		{"TRUSTED_PROXIES", " 10.0.0.0/8 , 192.168.1.7,2001:db8::/32,::1 ", prefixes("10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32", "::1/128")},
+		{"TRUSTED_PROXIES", "10.1.2.3/8", prefixes("10.0.0.0/8")},
+		{"TRUSTED_PROXIES", "::ffff:10.0.0.0/104", prefixes("10.0.0.0/8")},
+		{"TRUSTED_PROXIES", "::ffff:10.0.0.5", prefixes("10.0.0.5/32")},
+		{"TRUSTED_PROXIES", ",", []netip.Prefix(nil)},
+		{"TRUSTED_PROXIES", "10.0.0.0/33", configRefused{}},
+		{"TRUSTED_PROXIES", "10.0.0/8", configRefused{}},
+		{"TRUSTED_PROXIES", "10.0.0.256", configRefused{}},
+		{"TRUSTED_PROXIES", "lb.example.com", configRefused{}},
+		{"TRUSTED_PROXIES", "fe80::1%eth0", configRefused{}},
+		{"TRUSTED_PROXIES", "10.0.0.0/8;10.1.0.0/16", configRefused{}},
+		{"TRUSTED_PROXIES", "0.0.0.0/0", configRefused{}},
+		{"TRUSTED_PROXIES", "::/0", configRefused{}},
+		{"TRUSTED_PROXIES", "10.0.0.1, *", configRefused{}},
+
+		// The rate limit: 0 turns it off; the window is 1s to 24h.
+		{"RATE_LIMIT", "0", 0},
+		{"RATE_LIMIT", "1", 1},
+		{"RATE_LIMIT", "1000000", 1000000},
+		{"RATE_LIMIT", "-1", configRefused{}},
+		{"RATE_LIMIT", "1000001", configRefused{}},
+		{"RATE_LIMIT", "10.5", configRefused{}},
+		{"RATE_LIMIT", "lots", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "1s", time.Second},
+		{"RATE_LIMIT_WINDOW", "90", 90 * time.Second},
+		{"RATE_LIMIT_WINDOW", "24h", 24 * time.Hour},
+		{"RATE_LIMIT_WINDOW", "0", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "0s", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "-1m", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "999ms", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "25h", configRefused{}},
+		{"RATE_LIMIT_WINDOW", "soon", configRefused{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"="+tt.value, func(t *testing.T) {

@@ -23,6 +23,7 @@ const (
 	codePreconditionFailed errorCode = "PRECONDITION_FAILED"
 	codePayloadTooLarge    errorCode = "PAYLOAD_TOO_LARGE"
 	codeUnsupportedMedia   errorCode = "UNSUPPORTED_MEDIA_TYPE"
+	codeRateLimited        errorCode = "RATE_LIMITED"
 	codeDatabase           errorCode = "DATABASE_ERROR"
 	codeCache              errorCode = "CACHE_ERROR"
 	codeServiceUnavailable errorCode = "SERVICE_UNAVAILABLE"
@@ -40,6 +41,7 @@ var statusOf = map[errorCode]int{
 	codePreconditionFailed: http.StatusPreconditionFailed,
 	codePayloadTooLarge:    http.StatusRequestEntityTooLarge,
 	codeUnsupportedMedia:   http.StatusUnsupportedMediaType,
+	codeRateLimited:        http.StatusTooManyRequests,
 	codeDatabase:           http.StatusServiceUnavailable,
 	codeCache:              http.StatusServiceUnavailable,
 	codeServiceUnavailable: http.StatusServiceUnavailable,

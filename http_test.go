@@ -425,6 +425,7 @@ func TestHTTPAccessLog(t *testing.T) {
 			want := map[string]any{
 				"level": tc.level, "method": tc.method, "path": tc.path,
 				"status": float64(tc.status), "bytes": float64(len(body)),
+				"client": "127.0.0.1",
 			}
 			if tc.status == http.StatusInternalServerError || tc.method == http.MethodHead {
 				// A panic's line is written while it unwinds, before
@@ -711,6 +712,7 @@ func TestHTTPWriteErrorStatus(t *testing.T) {
 		{codePreconditionFailed, http.StatusPreconditionFailed},
 		{codePayloadTooLarge, http.StatusRequestEntityTooLarge},
 		{codeUnsupportedMedia, http.StatusUnsupportedMediaType},
+		{codeRateLimited, http.StatusTooManyRequests},
 		{codeDatabase, http.StatusServiceUnavailable},
 		{codeCache, http.StatusServiceUnavailable},
 		{codeServiceUnavailable, http.StatusServiceUnavailable},

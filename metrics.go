@@ -25,7 +25,8 @@ import (
 //	go_gc_cycles_total; zenspa_build_info{version,goversion}; with
 //	authentication on, auth_verifications_total{outcome},
 //	auth_verifications_cached_total, auth_jwks_fetches_total{result} and
-//	auth_jwks_keys.
+//	auth_jwks_keys; with the rate limit on, rate_limit_requests_total{result}
+//	and rate_limit_fail_open_total.
 //
 // route is a registered pattern or "unmatched", never a raw path, and method
 // one of methodLabels: no request can add a series.
@@ -306,6 +307,15 @@ func (s *server) writeMetrics(e *exposition) {
 			e.sample("auth_jwks_fetches_total", float64(o.n), "result", o.label)
 		}
 		e.gauge("auth_jwks_keys", "Usable public keys in the cached JWKS.", float64(a.Keys))
+	}
+
+	if s.limiter != nil {
+		l := s.limiter.stats()
+		e.family("rate_limit_requests_total", "counter",
+			"Requests the shared rate limit decided, by result: allowed, or limited (answered 429). Exempt routes and requests let through unchecked are not counted.")
+		e.sample("rate_limit_requests_total", float64(l.Allowed), "result", "allowed")
+		e.sample("rate_limit_requests_total", float64(l.Limited), "result", "limited")
+		e.counter("rate_limit_fail_open_total", "Requests let through without a rate limit check because Redis failed or did not answer within 50 ms.", float64(l.FailedOpen))
 	}
 
 	e.family("zenspa_build_info", "gauge", "Always 1; the labels name the running APP_VERSION and the Go version that built the binary.")

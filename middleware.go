@@ -25,7 +25,8 @@ type responseRecorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
-	user   string // the caller's sub, once require has verified its token
+	user   string      // the caller's sub, once its token has verified
+	token  *tokenCheck // the verifier's answer about the bearer token (verifyToken)
 }
 
 func (rw *responseRecorder) WriteHeader(status int) {
@@ -144,6 +145,7 @@ func securityHeaders(next http.Handler) http.Handler {
 
 // accessLog writes one line per request: INFO, ERROR for a 5xx, and DEBUG for
 // health probes whatever their status, so that probes do not flood the log.
+// client is the address clientAddr decided, the one the rate limit counts.
 func (s *server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A health probe logs at DEBUG whatever its answer: with DEBUG off
@@ -173,6 +175,7 @@ func (s *server) accessLog(next http.Handler) http.Handler {
 			attrs := []slog.Attr{
 				slog.String("method", r.Method),
 				slog.String("path", r.URL.Path),
+				slog.String("client", s.clientAddr(r).String()),
 				slog.Int("status", status),
 				slog.Int64("bytes", rec.bytes),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
@@ -208,7 +211,7 @@ func isProbe(r *http.Request) bool {
 const (
 	corsAllowMethods  = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 	corsAllowHeaders  = "Accept, Authorization, Content-Type, If-Match, If-None-Match, X-Request-ID"
-	corsExposeHeaders = "ETag, Location, Retry-After, WWW-Authenticate, X-Request-ID"
+	corsExposeHeaders = "ETag, Location, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, WWW-Authenticate, X-Request-ID"
 	corsMaxAge        = "600"
 )
 

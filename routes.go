@@ -19,9 +19,10 @@ type server struct {
 	cache        *cache
 	dbCheck      *checker
 	redisCheck   *checker
-	metrics      *metrics  // nil when METRICS_ENABLED is false
-	cursors      cursors   // signs the page cursors of every list
-	auth         *verifier // checks access tokens; nil when SUPABASE_URL is not set
+	metrics      *metrics     // nil when METRICS_ENABLED is false
+	cursors      cursors      // signs the page cursors of every list
+	auth         *verifier    // checks access tokens; nil when SUPABASE_URL is not set
+	limiter      *rateLimiter // the shared rate limit; nil when RATE_LIMIT is 0
 	shuttingDown atomic.Bool
 }
 
@@ -36,6 +37,7 @@ func newServer(cfg config, log *slog.Logger, db *database, cache *cache) *server
 		dbCheck:    newChecker("postgresql", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, db.ping),
 		redisCheck: newChecker("redis", cfg.HealthCheckTimeout, cfg.HealthCacheTTL, log, cache.ping),
 		cursors:    newCursors(cfg),
+		limiter:    newRateLimiter(cfg, cache, log),
 	}
 	if cfg.SupabaseURL != "" {
 		s.auth = newVerifier(authSettings{
@@ -143,7 +145,10 @@ func (s *server) handler() http.Handler { return s.chain(s.routes()) }
 // Recover is outermost so that a panic anywhere still gets an envelope; the
 // request ID comes next so that everything after it can log and answer with
 // it. Metrics read the route pattern ServeMux stores in the request, so no
-// middleware after them may replace the request.
+// middleware after them may replace the request. The rate limit comes after
+// CORS, so that a 429 is logged, counted, readable by the page that caused
+// it and never given to a preflight, and before the body limit, so that a
+// client over its budget gets its 429 without its body being read.
 func (s *server) chain(h http.Handler) http.Handler {
 	return wrap(h,
 		s.recoverPanics,
@@ -152,6 +157,7 @@ func (s *server) chain(h http.Handler) http.Handler {
 		securityHeaders,
 		s.accessLog,
 		s.cors,
+		s.rateLimit,
 		s.limitBody,
 	)
 }
