@@ -744,3 +744,93 @@ func sumValues(m map[int]int) int {
 	}
 	return n
 }
+
+// TestRateLimitThroughBalancer: three instances behind the balancer share
+// one budget per client address in Redis. One address sending three times
+// the limit gets the limit admitted (±1) and 429s with a sane Retry-After
+// for the rest; another address has a budget of its own; a forged
+// X-Forwarded-For buys no new budget, through the balancer or straight from
+// a peer the instances do not trust.
+func TestRateLimitThroughBalancer(t *testing.T) {
+	t.Parallel()
+	const limit = 30
+	redis := startPrivateRedis(t, testRedisPassword)
+	p := newProject(t)
+	dbURL := newMigratedDatabase(t)
+	bin := zenspaBinary(t)
+	var servers []string
+	for range 3 {
+		port := freePort(t)
+		servers = append(servers, "127.0.0.1:"+strconv.Itoa(port))
+		c := startChild(t, bin, childEnv(t, dbURL, slices.Concat(p.env(), []string{
+			"PORT=" + strconv.Itoa(port), "LOG_LEVEL=INFO", "REDIS_HOST=127.0.0.1", "REDIS_PORT=" + strconv.Itoa(redis.port),
+			"REDIS_PASSWORD=" + testRedisPassword, "RATE_LIMIT=" + strconv.Itoa(limit), "RATE_LIMIT_WINDOW=1m",
+			"TRUSTED_PROXIES=127.0.0.1/32", // the balancer's address, and no one else's
+		})...))
+		c.waitServing(t, "http://"+servers[len(servers)-1]+"/health/ready")
+	}
+	b := startBalancer(t, servers...)
+
+	// from sends n GETs of the menu from a loopback address of its own, each
+	// with the X-Forwarded-For forged(i) returns ("" for none), and counts
+	// the answers by status.
+	from := func(source, base string, n int, forged func(i int) string) (map[int]int, []string) {
+		t.Helper()
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}).DialContext}}
+		defer client.CloseIdleConnections()
+		statuses := map[int]int{}
+		var retryAfter []string
+		for i := range n {
+			req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/treatments?limit=1", nil)
+			if f := forged(i); f != "" {
+				req.Header.Set("X-Forwarded-For", f)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("GET from %s: %v", source, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			statuses[resp.StatusCode]++
+			if resp.StatusCode == http.StatusTooManyRequests {
+				retryAfter = append(retryAfter, resp.Header.Get("Retry-After"))
+			}
+			if resp.Header.Get("RateLimit-Limit") != strconv.Itoa(limit) {
+				t.Errorf("GET from %s: RateLimit-Limit = %q, want %d", source, resp.Header.Get("RateLimit-Limit"), limit)
+			}
+		}
+		return statuses, retryAfter
+	}
+	none := func(int) string { return "" }
+	admitted := func(what string, got map[int]int, want int) {
+		t.Helper()
+		if n := got[http.StatusOK]; n < want-1 || n > want+1 || got[http.StatusOK]+got[http.StatusTooManyRequests] != sumValues(got) {
+			t.Errorf("%s: answers %v, want %d (±1) admitted and the rest 429", what, got, want)
+		}
+		t.Logf("%s: %v", what, got)
+	}
+
+	got, retryAfter := from("127.0.0.2", b.url, 3*limit, none)
+	admitted("one address, three times the limit, through the balancer", got, limit)
+	for _, ra := range retryAfter {
+		if n, err := strconv.Atoi(ra); err != nil || n < 1 || n > 60 {
+			t.Errorf("Retry-After = %q, want whole seconds from 1 to the window (60)", ra)
+			break
+		}
+	}
+	// The budget held across the three instances, not per instance.
+	for name, s := range b.serverStats(t) {
+		if n, _ := strconv.Atoi(s["stot"]); strings.HasPrefix(name, "vm") && n < limit/2 {
+			t.Errorf("balancer %s served %s requests, want each instance to have served many", name, s["stot"])
+		}
+	}
+	got, _ = from("127.0.0.3", b.url, 10, none)
+	admitted("another address, through the balancer", got, 10)
+	got, _ = from("127.0.0.2", b.url, 10, func(i int) string { return fmt.Sprintf("198.51.100.%d", i+1) })
+	admitted("the first address again, forging X-Forwarded-For", got, 0)
+	// Straight to an instance, from a peer it does not trust: the header is
+	// ignored, the peer's own address is the budget.
+	got, _ = from("127.0.0.4", "http://"+servers[0], 2*limit, func(i int) string { return fmt.Sprintf("203.0.113.%d", i+1) })
+	admitted("an untrusted peer forging a new X-Forwarded-For each time", got, limit)
+}
