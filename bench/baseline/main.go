@@ -54,6 +54,7 @@ type options struct {
 	redisAddr   string // the address /health/redis names and the cache uses
 	databaseURL string
 	cacheTTL    time.Duration // 0: GET /api/v1/treatments/{id} reads PostgreSQL only
+	jwksURL     string        // the key set GET /api/v1/me verifies tokens with
 }
 
 func main() {
@@ -64,6 +65,7 @@ func main() {
 	flag.StringVar(&o.redisAddr, "redis-addr", "127.0.0.1:6379", "the Redis of zenspa's cache, which its /health/redis reports")
 	flag.StringVar(&o.databaseURL, "database-url", "postgres://zenspa:zenspa@127.0.0.1:5432/zenspa_bench?sslmode=disable", "zenspa's DATABASE_URL")
 	flag.DurationVar(&o.cacheTTL, "cache-ttl", time.Minute, "zenspa's CACHE_TTL: how long an entry stored on a miss lives; 0: no cache")
+	flag.StringVar(&o.jwksURL, "jwks-url", "", "the JWKS of the tokens GET /api/v1/me verifies (bench/run's project)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		flag.Usage()

@@ -25,6 +25,7 @@ func routes(o options, db *sql.DB, pool *redis.Pool) http.Handler {
 	mux.Handle("GET /api/v1/treatments", listTreatments(db))
 	mux.Handle("GET /api/v1/treatments/{id}", getTreatment(db, pool, o.cacheTTL))
 	mux.Handle("POST /api/v1/treatments", createTreatment(db))
+	mux.Handle("GET /api/v1/me", me(o.jwksURL))
 	return mux
 }
 

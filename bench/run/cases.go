@@ -51,6 +51,8 @@ type benchCase struct {
 	also     []string          // servers shown beside them, for information only
 	prewarm  bool              // first read every id of the by-id cases once from zenspa, to fill its cache
 	cleanup  string            // SQL run on the bench database after every run of the case
+	variant  string            // tells two cases of one route apart in the report, such as "ES256 token"
+	refused  bool              // every answer is a 4xx on purpose (a 401): then non-2xx must be all of them
 
 	// Targets, as ratios of zenspa's figure to the baseline's; 0 is none.
 	minRPS, maxCPU, maxP99 float64
@@ -63,6 +65,7 @@ const (
 	firstPage = "GET /api/v1/treatments?limit=20"
 	deepPage  = "GET /api/v1/treatments?limit=20&cursor={after row 9000}"
 	byID      = "GET /api/v1/treatments/{id}"
+	me        = "GET /api/v1/me"
 )
 
 // cases are measured in this order, and reported so. Adding a route is one
@@ -84,6 +87,8 @@ var cases = []benchCase{
 	{route: byID, script: "wrk/treatment-by-id.lua", prewarm: true, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
 	{route: byID, script: "wrk/treatment-by-id.lua", zenspa: zenspaCacheOff, baseline: baselineCacheOff, minRPS: 0.85},
 	{route: "POST /api/v1/treatments", script: "wrk/create-treatment.lua", cleanup: deletePosted, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: me, variant: "no token (401)", refused: true, zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
+	{route: me, variant: "ES256 token", script: "wrk/me-token.lua", zenspa: zenspaServer, baseline: withHeadersBaseline, minRPS: 0.85},
 }
 
 // A comparison is a target between two cases on zenspa's figures alone,
@@ -99,6 +104,7 @@ type comparison struct {
 var comparisons = []comparison{
 	{target: "deep page p50 ≤ 1.2× first page p50", of: deepPage, to: firstPage, p50: true, max: 1.2},
 	{target: "warm-cache GET by id requests/s ≥ 2× cache off", of: byID, to: byID + ", " + zenspaCacheOff, min: 2},
+	{target: "authenticated GET /api/v1/me requests/s ≥ 0.8× its 401", of: me + ", ES256 token", to: me + ", no token (401)", min: 0.8},
 }
 
 // method is the route's method.
@@ -119,10 +125,14 @@ func (c benchCase) path() string {
 // name is how the report names the case: its route, and its zenspa when
 // that is not the one with the documented settings.
 func (c benchCase) name() string {
-	if c.zenspa != zenspaServer {
-		return c.route + ", " + c.zenspa
+	name := c.route
+	if c.variant != "" {
+		name += ", " + c.variant
 	}
-	return c.route
+	if c.zenspa != zenspaServer {
+		name += ", " + c.zenspa
+	}
+	return name
 }
 
 // servers are the servers the case runs on, in the report's order: the

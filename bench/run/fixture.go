@@ -64,6 +64,7 @@ type fixture struct {
 	idsFile string   // the same, one a line, for treatment-by-id.lua
 	deepKey []string // the sort key, lower(name) and id, of row deepRow
 	cursor  string   // zenspa's cursor after row deepRow, for deep-page.lua
+	token   string   // the project's access token, for me-token.lua
 }
 
 // prepareDatabase drops and creates the database of o.databaseURL, runs
@@ -183,7 +184,7 @@ func (fx *fixture) prewarm(ctx context.Context, base string) error {
 
 // wrkEnv is what the cases' wrk scripts read from the environment.
 func (fx *fixture) wrkEnv() []string {
-	return []string{"BENCH_IDS=" + fx.idsFile, "BENCH_CURSOR=" + fx.cursor}
+	return []string{"BENCH_IDS=" + fx.idsFile, "BENCH_CURSOR=" + fx.cursor, "BENCH_TOKEN=" + fx.token}
 }
 
 // exec runs statements on the bench database.

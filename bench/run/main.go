@@ -43,6 +43,7 @@ type options struct {
 	waitIdle         time.Duration
 	maxSteal         float64
 	stealRetries     int
+	project          *project // the stand-in Supabase project the authenticated cases use
 }
 
 func main() {
@@ -96,11 +97,16 @@ func run(ctx context.Context, o options, out, progress io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 
+	if o.project, err = startProject(); err != nil {
+		return fmt.Errorf("project: %w", err)
+	}
+	defer o.project.stop()
 	say("bench database: %d treatments", seedRows)
 	fx, err := prepareDatabase(ctx, o, dir)
 	if err != nil {
 		return fmt.Errorf("bench database: %w", err)
 	}
+	fx.token = o.project.token
 
 	// Every server of the table, started once; stopped at the end (the
 	// zenspas earlier, before the probe storm is counted).

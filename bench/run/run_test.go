@@ -158,13 +158,16 @@ func TestComparisonChecks(t *testing.T) {
 		{c: benchCase{route: deepPage, zenspa: zenspaServer}, zenspa: runs(1000, 4, 1, 9)}, // medians 3 and 4 ms
 		{c: benchCase{route: byID, zenspa: zenspaServer}, zenspa: runs(3000, 1)},
 		{c: benchCase{route: byID, zenspa: zenspaCacheOff}, zenspa: runs(1000, 1)},
+		{c: benchCase{route: me, variant: "no token (401)", zenspa: zenspaServer}, zenspa: runs(2000, 1)},
+		{c: benchCase{route: me, variant: "ES256 token", zenspa: zenspaServer}, zenspa: runs(1500, 1)},
 	}}
 	got := r.comparisonChecks()
 	want := []check{
 		{comparisons[0].target + " (zenspa, medians over the rounds)", "1.33×", false},
 		{comparisons[1].target + " (zenspa, medians over the rounds)", "3.00×", true},
+		{comparisons[2].target + " (zenspa, medians over the rounds)", "0.75×", false},
 	}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("comparisonChecks() = %+v, want %+v", got, want)
 	}
 }

@@ -45,7 +45,8 @@ func startServer(ctx context.Context, o options, dir string, spec serverSpec) (*
 		p, err = startProcess(o.zenspa, nil, append(env, spec.env...), logPath)
 		readyPath = "/health/ready"
 	} else {
-		args := append([]string{"-addr", addr, "-redis-addr", o.redisHost + ":6379", "-database-url", o.databaseURL}, spec.args...)
+		args := append([]string{"-addr", addr, "-redis-addr", o.redisHost + ":6379", "-database-url", o.databaseURL,
+			"-jwks-url", o.project.jwksURL()}, spec.args...)
 		p, err = startProcess(o.baseline, args, []string{"PATH=" + os.Getenv("PATH")}, logPath)
 	}
 	if err != nil {
@@ -71,7 +72,7 @@ func zenspaEnv(o options, dir string) ([]string, error) {
 	return []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
 		"DATABASE_URL=" + o.databaseURL, "REDIS_HOST=" + o.redisHost,
-		"LOG_LEVEL=INFO", "ENV_FILE=" + envFile, "RATE_LIMIT=0",
+		"LOG_LEVEL=INFO", "ENV_FILE=" + envFile, "RATE_LIMIT=0", "SUPABASE_URL=" + o.project.url,
 	}, nil
 }
 

@@ -13,7 +13,12 @@ function setup(thread)
 	thread:set("thread_id", threads)
 end
 
-local headers = { ["Content-Type"] = "application/json" }
+local token = os.getenv("BENCH_TOKEN")
+if token == nil or token == "" then
+	error("BENCH_TOKEN is not set: bench/run sets it")
+end
+-- A manager's token, as zenspa asks of every write (the baseline ignores it).
+local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token }
 local n = 0
 function request()
 	n = n + 1
