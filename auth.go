@@ -100,11 +100,11 @@ func (s *server) verifyToken(w http.ResponseWriter, r *http.Request, token strin
 func bearerToken(r *http.Request) (string, error) {
 	values := r.Header.Values("Authorization")
 	if len(values) == 0 {
-		return "", unauthorized("Bearer", "An access token is required: send Authorization: Bearer <token>")
+		return "", unauthorized("Bearer", "An access token is required: send it as Authorization: Bearer TOKEN")
 	}
 	scheme, token, ok := strings.Cut(values[0], " ")
 	if len(values) > 1 || !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", unauthorized(`Bearer error="invalid_request"`, "Send exactly one Authorization: Bearer <token> header")
+		return "", unauthorized(`Bearer error="invalid_request"`, "Send exactly one Authorization: Bearer TOKEN header")
 	}
 	return token, nil
 }
