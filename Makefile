@@ -21,7 +21,7 @@ COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS := -s -w -X main.buildVersion=$(VERSION) -X main.buildCommit=$(COMMIT) -X main.buildDate=$(DATE)
 
-.PHONY: run dev test services services-test build lint vet fmt-check staticcheck preflight clean tools lint-openapi test-browser fuzz bench
+.PHONY: soak run dev test services services-test build lint vet fmt-check staticcheck preflight clean tools lint-openapi test-browser fuzz bench
 
 ## run: start the services, write .env if missing, build, apply the
 ## migrations and serve on :8000
@@ -123,6 +123,14 @@ BENCH_ARGS ?=
 bench:
 	@bash scripts/services.sh --bench
 	@bash bench/bench.sh $(BENCH_ARGS)
+
+## soak: three instances behind HAProxy under a fault every ~20 s for SOAK
+## (5m; SOAK=60s make soak for a short one), judged by a table of
+## invariants (RELIABILITY.md); not part of `make test`, and without -race:
+## it is a load test
+SOAK ?= 5m
+soak: preflight services-test
+	ZENSPA_REQUIRE_TOOLS=1 ZENSPA_SOAK=$(SOAK) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 60m .
 
 clean:
 	rm -f $(BINARY)
