@@ -342,20 +342,8 @@ func (p *parser) origins(key, def string) []string {
 	if v == "" {
 		v = def
 	}
-	var out []string
 	before := len(p.problems) // problems of earlier variables must not hide an empty list
-	for _, o := range strings.Split(v, ",") {
-		o = strings.TrimSpace(o)
-		if o == "" {
-			continue
-		}
-		norm, err := normalizeOrigin(o)
-		if err != nil {
-			p.fail(key, "%q: %v", o, err)
-			continue
-		}
-		out = append(out, norm)
-	}
+	out := listOf(p, key, v, normalizeOrigin)
 	if len(out) == 0 && len(p.problems) == before {
 		p.fail(key, "must list at least one origin")
 	}
@@ -471,18 +459,24 @@ func (p *parser) listenAddress(key string) string {
 // compares unmapped addresses. A prefix of every address is refused: with
 // it, any client could name itself in X-Forwarded-For.
 func (p *parser) trustedProxies(key string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, item := range strings.Split(p.get(key), ",") {
+	return listOf(p, key, p.get(key), parseTrustedProxy)
+}
+
+// listOf parses each item of the comma-separated value of key, skipping
+// empty ones and failing, quoted, each that parse refuses.
+func listOf[T any](p *parser, key, value string, parse func(string) (T, error)) []T {
+	var out []T
+	for _, item := range strings.Split(value, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
 			continue
 		}
-		prefix, err := parseTrustedProxy(item)
+		v, err := parse(item)
 		if err != nil {
 			p.fail(key, "%q: %v", item, err)
 			continue
 		}
-		out = append(out, prefix)
+		out = append(out, v)
 	}
 	return out
 }

@@ -185,7 +185,7 @@ type verifier struct {
 	jwks     *jwksCache // nil: no JWKS URL, asymmetric algorithms refused
 	tokens   *tokenCache
 	counts   *verifierCounters
-	warn     authLogLimiter
+	warn     every // loud refusals, by the verifier's clock
 }
 
 // newVerifier returns a verifier for s. client fetches the JWKS (nil: a
@@ -206,7 +206,7 @@ func newVerifier(s authSettings, log *slog.Logger, client *http.Client, now func
 		log:      log,
 		tokens:   newTokenCache(tokenCacheEntries, tokenCacheBytes),
 		counts:   &verifierCounters{},
-		warn:     authLogLimiter{interval: authWarnInterval},
+		warn:     every{interval: authWarnInterval},
 	}
 	if len(s.Secret) > 0 {
 		v.secret = bytes.Clone(s.Secret)
@@ -367,7 +367,7 @@ func (v *verifier) keyFor(ctx context.Context, h jwtHeader) (*verificationKey, e
 // logRefusal logs at WARN when the limiter allows, else at DEBUG.
 func (v *verifier) logRefusal(ctx context.Context, msg string, attrs ...any) {
 	level := slog.LevelDebug
-	if v.warn.allow(v.now()) {
+	if v.warn.allowAt(v.now()) {
 		level = slog.LevelWarn
 	}
 	if !v.log.Enabled(ctx, level) {
@@ -861,19 +861,4 @@ func (c *tokenCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.order.Len()
-}
-
-// authLogLimiter lets one event through per interval, by the verifier's
-// clock. log.go's every does the same by the wall clock; this one follows
-// the injected clock so that tests can drive it.
-type authLogLimiter struct {
-	interval time.Duration
-	next     atomic.Int64 // unix nanoseconds before which events are dropped
-}
-
-// allow reports whether an event at now may be logged loudly.
-func (l *authLogLimiter) allow(now time.Time) bool {
-	t := now.UnixNano()
-	next := l.next.Load()
-	return t >= next && l.next.CompareAndSwap(next, t+int64(l.interval))
 }

@@ -91,26 +91,6 @@ func (c *jwtClock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// jwtLogBuffer collects a logger's lines for a test to read.
-type jwtLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// Write appends a log line.
-func (l *jwtLogBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// String is everything logged so far.
-func (l *jwtLogBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // jwtJWKSServer serves a key set that the test can change, and counts the
 // requests it gets.
 type jwtJWKSServer struct {
@@ -205,7 +185,7 @@ type jwtFixture struct {
 	keys  *jwtKeys
 	clock *jwtClock
 	jwks  *jwtJWKSServer
-	logs  *jwtLogBuffer
+	logs  *syncBuffer
 	v     *verifier
 }
 
@@ -214,7 +194,7 @@ type jwtFixture struct {
 func newJWTFixture(t testing.TB, mod func(*authSettings)) *jwtFixture {
 	t.Helper()
 	keys := jwtTestKeys()
-	f := &jwtFixture{keys: keys, clock: newJWTClock(), logs: &jwtLogBuffer{}}
+	f := &jwtFixture{keys: keys, clock: newJWTClock(), logs: &syncBuffer{}}
 	f.jwks = newJWTJWKSServer(t, jwtPublicJWK("es", &keys.ec.PublicKey), jwtPublicJWK("rs", &keys.rsa.PublicKey), jwtPublicJWK("ed", keys.ed.Public()))
 	s := authSettings{
 		Issuer:   jwtTestIssuer,

@@ -111,10 +111,13 @@ type every struct {
 }
 
 // allow reports whether the caller may log now.
-func (e *every) allow() bool {
-	now := time.Now().UnixNano()
+func (e *every) allow() bool { return e.allowAt(time.Now()) }
+
+// allowAt is allow by another clock (the verifier's, which tests drive).
+func (e *every) allowAt(now time.Time) bool {
+	t := now.UnixNano()
 	next := e.next.Load()
-	return now >= next && e.next.CompareAndSwap(next, now+int64(e.interval))
+	return t >= next && e.next.CompareAndSwap(next, t+int64(e.interval))
 }
 
 // logFile is LOG_FILE: an append-only file that reopen replaces with a fresh
