@@ -1205,6 +1205,39 @@ func faultTreatmentRows(db *sql.DB, rows map[string][]string) error {
 	return rs.Err()
 }
 
+// startTreatmentClients runs n clients, each sending send(client, i) for
+// i = 0, 1, … with a 10 ms pause, until the returned function stops them
+// and returns every call.
+func startTreatmentClients(n int, send func(client, i int) faultCall) func() []faultCall {
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var calls []faultCall
+	var wg sync.WaitGroup
+	for c := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				call := send(c, i)
+				mu.Lock()
+				calls = append(calls, call)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	return func() []faultCall {
+		close(stop)
+		wg.Wait()
+		return calls
+	}
+}
+
 // faultCall is one request of the treatment fault tests, with its answer.
 type faultCall struct {
 	method, path string
@@ -1324,28 +1357,7 @@ func TestFaultTreatmentsStalled(t *testing.T) {
 	before := faultSettledGoroutines(proxy)
 
 	// The clients, and a sampler of what waits on PostgreSQL.
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var calls []faultCall
-	var wg sync.WaitGroup
-	for n := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c := send(n, i)
-				mu.Lock()
-				calls = append(calls, c)
-				mu.Unlock()
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
+	clientsDone := startTreatmentClients(clients, send)
 	time.Sleep(300 * time.Millisecond)
 	stallAt := time.Now()
 	proxy.stall()
@@ -1357,8 +1369,7 @@ func TestFaultTreatmentsStalled(t *testing.T) {
 	healAt := time.Now()
 	proxy.heal()
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
+	calls := clientsDone()
 
 	// Every answer in time; while stalled, the DATABASE_ERROR envelope.
 	timedOut := map[string]int{}
@@ -1539,38 +1550,18 @@ func TestFaultTreatmentsRedisRestart(t *testing.T) {
 	}
 
 	// The clients: one by id, the list, a POST, a PATCH, until stopped.
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var calls []faultCall
-	var wg sync.WaitGroup
-	for n := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				var c faultCall
-				switch id := ids[(n+i)%len(ids)]; i % 4 {
-				case 0:
-					c = faultSend(client, http.MethodGet, api+"/"+id, "")
-				case 1:
-					c = faultSend(client, http.MethodGet, api+"?limit=5", "")
-				case 2:
-					c = faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Redis ritual %d-%d", n, i)))
-				default:
-					c = faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
-				}
-				mu.Lock()
-				calls = append(calls, c)
-				mu.Unlock()
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
+	clientsDone := startTreatmentClients(clients, func(n, i int) faultCall {
+		switch id := ids[(n+i)%len(ids)]; i % 4 {
+		case 0:
+			return faultSend(client, http.MethodGet, api+"/"+id, "")
+		case 1:
+			return faultSend(client, http.MethodGet, api+"?limit=5", "")
+		case 2:
+			return faultSend(client, http.MethodPost, api, faultTreatmentBody(fmt.Sprintf("Redis ritual %d-%d", n, i)))
+		default:
+			return faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
+		}
+	})
 	time.Sleep(500 * time.Millisecond)
 	killAt := time.Now()
 	redis.stop()
@@ -1579,8 +1570,7 @@ func TestFaultTreatmentsRedisRestart(t *testing.T) {
 	redis.start()
 	upAt := time.Now()
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	calls := clientsDone()
 
 	// Every request succeeds, and in time, whatever Redis does.
 	down := 0
