@@ -113,11 +113,13 @@ func (c *checker) run(call *checkCall) {
 	c.last = res
 	c.inflight = nil
 	c.mu.Unlock()
-	call.res = res
-	close(call.done)
+	// Reported before the waiters go on, so that what they do next (a
+	// scrape) sees this check.
 	if c.report != nil {
 		c.report(c.name, res)
 	}
+	call.res = res
+	close(call.done)
 
 	switch {
 	case err != nil && c.warn.allow():
