@@ -10,8 +10,8 @@ import (
 )
 
 // Who is calling: the routes that require a signed-in user, and the
-// transactions that run as that user. A token is checked by the verifier of
-// jwt.go and jwks.go; this file is what handlers see of it.
+// transactions that run as that user. A token is checked by the verifier
+// (verifier.go, with jwt.go and jwks.go); this file is what handlers see of it.
 
 // access is what a route asks of its caller.
 type access struct {
