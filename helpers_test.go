@@ -521,6 +521,23 @@ func trickleHeader(conn net.Conn, prefix string, interval time.Duration, stop <-
 // uuidV4 is the form of a request ID the server makes up.
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
+// edited returns a copy of m with change applied: each key of change set to
+// its value, or removed where the value is nil.
+func edited(m, change map[string]any) map[string]any {
+	c := maps.Clone(m)
+	if c == nil {
+		c = map[string]any{}
+	}
+	for k, v := range change {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
 // objectOf decodes body, which must be one JSON object.
 func objectOf(t testing.TB, what string, body []byte) map[string]any {
 	t.Helper()

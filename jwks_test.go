@@ -430,20 +430,6 @@ func TestParseJWKS(t *testing.T) {
 	ec := jwtPublicJWK("ec", &keys.ec.PublicKey)
 	rsaJWK := jwtPublicJWK("rsa", &keys.rsa.PublicKey)
 	ed := jwtPublicJWK("ed", keys.ed.Public())
-	with := func(base map[string]any, change map[string]any) map[string]any {
-		m := map[string]any{}
-		for k, v := range base {
-			m[k] = v
-		}
-		for k, v := range change {
-			if v == nil {
-				delete(m, k)
-			} else {
-				m[k] = v
-			}
-		}
-		return m
-	}
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	p384Point, _ := p384.PublicKey.ECDH()
 	weak := new(big.Int).Rsh(keys.rsa.N, 1024)
@@ -455,34 +441,34 @@ func TestParseJWKS(t *testing.T) {
 		skip  string // part of the reason when skipped
 	}{
 		{"EC P-256", ec, algES256, ""},
-		{"EC without alg and use", with(ec, map[string]any{"alg": nil, "use": nil}), algES256, ""},
+		{"EC without alg and use", edited(ec, map[string]any{"alg": nil, "use": nil}), algES256, ""},
 		{"RSA 2048", rsaJWK, algRS256, ""},
 		{"Ed25519", ed, algEdDSA, ""},
-		{"key_ops verify", with(ec, map[string]any{"key_ops": []string{"verify"}}), algES256, ""},
-		{"extra members", with(ec, map[string]any{"x5t": "abc", "ext": true}), algES256, ""},
-		{"EC alg RS256", with(ec, map[string]any{"alg": "RS256"}), "", "does not fit"},
-		{"EC alg ES384", with(ec, map[string]any{"alg": "ES384"}), "", "does not fit"},
-		{"RSA alg PS256", with(rsaJWK, map[string]any{"alg": "PS256"}), "", "does not fit"},
-		{"OKP alg Ed25519", with(ed, map[string]any{"alg": "Ed25519"}), "", "does not fit"},
-		{"EC P-384", with(ec, map[string]any{"crv": "P-384", "x": jwtB64(p384Point.Bytes()[1:49]), "y": jwtB64(p384Point.Bytes()[49:])}), "", "not P-256"},
-		{"EC point off the curve", with(ec, map[string]any{"y": ec["x"]}), "", "not on P-256"},
-		{"EC short x", with(ec, map[string]any{"x": jwtB64(make([]byte, 31))}), "", "not 32"},
-		{"EC x padded", with(ec, map[string]any{"x": ec["x"].(string) + "="}), "", "not base64url"},
-		{"EC with d", with(ec, map[string]any{"d": "AAAA"}), "", "private"},
-		{"RSA 1024", with(rsaJWK, map[string]any{"n": jwtB64(weak.Bytes())}), "", "1024 bits"},
-		{"RSA even exponent", with(rsaJWK, map[string]any{"e": jwtB64([]byte{1, 0, 0})}), "", "exponent"},
-		{"RSA exponent 1", with(rsaJWK, map[string]any{"e": "AQ"}), "", "exponent"},
-		{"RSA with p and q", with(rsaJWK, map[string]any{"p": "AQAB", "q": "AQAB"}), "", "private"},
-		{"OKP X25519", with(ed, map[string]any{"crv": "X25519"}), "", "not Ed25519"},
-		{"OKP short x", with(ed, map[string]any{"x": jwtB64(make([]byte, 31))}), "", "not 32"},
+		{"key_ops verify", edited(ec, map[string]any{"key_ops": []string{"verify"}}), algES256, ""},
+		{"extra members", edited(ec, map[string]any{"x5t": "abc", "ext": true}), algES256, ""},
+		{"EC alg RS256", edited(ec, map[string]any{"alg": "RS256"}), "", "does not fit"},
+		{"EC alg ES384", edited(ec, map[string]any{"alg": "ES384"}), "", "does not fit"},
+		{"RSA alg PS256", edited(rsaJWK, map[string]any{"alg": "PS256"}), "", "does not fit"},
+		{"OKP alg Ed25519", edited(ed, map[string]any{"alg": "Ed25519"}), "", "does not fit"},
+		{"EC P-384", edited(ec, map[string]any{"crv": "P-384", "x": jwtB64(p384Point.Bytes()[1:49]), "y": jwtB64(p384Point.Bytes()[49:])}), "", "not P-256"},
+		{"EC point off the curve", edited(ec, map[string]any{"y": ec["x"]}), "", "not on P-256"},
+		{"EC short x", edited(ec, map[string]any{"x": jwtB64(make([]byte, 31))}), "", "not 32"},
+		{"EC x padded", edited(ec, map[string]any{"x": ec["x"].(string) + "="}), "", "not base64url"},
+		{"EC with d", edited(ec, map[string]any{"d": "AAAA"}), "", "private"},
+		{"RSA 1024", edited(rsaJWK, map[string]any{"n": jwtB64(weak.Bytes())}), "", "1024 bits"},
+		{"RSA even exponent", edited(rsaJWK, map[string]any{"e": jwtB64([]byte{1, 0, 0})}), "", "exponent"},
+		{"RSA exponent 1", edited(rsaJWK, map[string]any{"e": "AQ"}), "", "exponent"},
+		{"RSA with p and q", edited(rsaJWK, map[string]any{"p": "AQAB", "q": "AQAB"}), "", "private"},
+		{"OKP X25519", edited(ed, map[string]any{"crv": "X25519"}), "", "not Ed25519"},
+		{"OKP short x", edited(ed, map[string]any{"x": jwtB64(make([]byte, 31))}), "", "not 32"},
 		{"oct", map[string]any{"kty": "oct", "kid": "hs", "k": "c2VjcmV0"}, "", "symmetric"},
-		{"unknown kty", with(ec, map[string]any{"kty": "ML-DSA"}), "", "unsupported kty"},
-		{"no kty", with(ec, map[string]any{"kty": nil}), "", `no "kty"`},
-		{"no kid", with(ec, map[string]any{"kid": nil}), "", `no "kid"`},
-		{"empty kid", with(ec, map[string]any{"kid": ""}), "", "empty kid"},
-		{"kid a number", with(ec, map[string]any{"kid": 7}), "", "not a string"},
-		{"use enc", with(ec, map[string]any{"use": "enc"}), "", "not sig"},
-		{"key_ops encrypt", with(ec, map[string]any{"key_ops": []string{"encrypt"}}), "", "does not allow verify"},
+		{"unknown kty", edited(ec, map[string]any{"kty": "ML-DSA"}), "", "unsupported kty"},
+		{"no kty", edited(ec, map[string]any{"kty": nil}), "", `no "kty"`},
+		{"no kid", edited(ec, map[string]any{"kid": nil}), "", `no "kid"`},
+		{"empty kid", edited(ec, map[string]any{"kid": ""}), "", "empty kid"},
+		{"kid a number", edited(ec, map[string]any{"kid": 7}), "", "not a string"},
+		{"use enc", edited(ec, map[string]any{"use": "enc"}), "", "not sig"},
+		{"key_ops encrypt", edited(ec, map[string]any{"key_ops": []string{"encrypt"}}), "", "does not allow verify"},
 		{"not an object", "EC", "", "not a JSON object"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -507,7 +493,7 @@ func TestParseJWKS(t *testing.T) {
 	}
 
 	t.Run("repeated kid", func(t *testing.T) {
-		body, _ := json.Marshal(map[string]any{"keys": []any{ec, with(rsaJWK, map[string]any{"kid": "ec"})}})
+		body, _ := json.Marshal(map[string]any{"keys": []any{ec, edited(rsaJWK, map[string]any{"kid": "ec"})}})
 		got, skipped, err := parseJWKS(body)
 		if err != nil || len(got) != 1 || got["ec"].alg != algES256 || len(skipped) != 1 || !strings.Contains(skipped[0].reason, "repeats") {
 			t.Errorf("parseJWKS(two keys with kid ec) = %v, %v, %v; want the first kept, the second skipped", got, skipped, err)
@@ -516,7 +502,7 @@ func TestParseJWKS(t *testing.T) {
 	t.Run("too many keys", func(t *testing.T) {
 		entries := make([]any, jwksMaxKeys+5)
 		for i := range entries {
-			entries[i] = with(ec, map[string]any{"kid": fmt.Sprint(i)})
+			entries[i] = edited(ec, map[string]any{"kid": fmt.Sprint(i)})
 		}
 		body, _ := json.Marshal(map[string]any{"keys": entries})
 		got, _, err := parseJWKS(body)

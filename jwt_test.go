@@ -636,28 +636,8 @@ func jwtHostileTokens(t testing.TB, f *jwtFixture, jku string) []jwtHostileCase 
 		return jwtSign(t, algES256, keys.ec, header, claims)
 	}
 	esHeader := map[string]any{"alg": "ES256", "typ": "JWT", "kid": "es"}
-	with := func(change map[string]any) map[string]any {
-		c := f.claims()
-		for k, v := range change {
-			if v == nil {
-				delete(c, k)
-			} else {
-				c[k] = v
-			}
-		}
-		return c
-	}
-	headerWith := func(change map[string]any) map[string]any {
-		h := map[string]any{"alg": "ES256", "typ": "JWT", "kid": "es"}
-		for k, v := range change {
-			if v == nil {
-				delete(h, k)
-			} else {
-				h[k] = v
-			}
-		}
-		return h
-	}
+	with := func(change map[string]any) map[string]any { return edited(f.claims(), change) }
+	headerWith := func(change map[string]any) map[string]any { return edited(esHeader, change) }
 	good := f.mint(t, algES256, f.claims())
 	goodParts := strings.Split(good, ".")
 	now := f.clock.now().Unix()
