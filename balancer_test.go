@@ -384,13 +384,11 @@ type rollingLoad struct {
 	base, token string
 	prefix      string // of every name it creates
 	client      *http.Client
-	stop        chan struct{}
-	once        sync.Once
-	wg          sync.WaitGroup
+	first       rollingResult // the seed treatment's POST
+	workers     func() []rollingResult
 
-	mu      sync.Mutex
-	ids     []string // of the treatments it created
-	results []rollingResult
+	mu  sync.Mutex
+	ids []string // of the treatments it created
 }
 
 // rollingResult is one request of a rollingLoad.
@@ -412,32 +410,16 @@ func startRollingLoad(t *testing.T, base, token string, clients int) *rollingLoa
 	l := &rollingLoad{
 		base: base + "/api/v1/treatments", token: token, prefix: randomName("rolling-"),
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}},
-		stop:   make(chan struct{}),
 	}
-	first := l.send("create", "seed", 0)
-	if first.status != http.StatusCreated || first.err != nil {
-		t.Fatalf("the first POST through the balancer = %d %v %s, want 201", first.status, first.err, first.body)
+	l.first = l.send("create", "seed", 0)
+	if l.first.status != http.StatusCreated || l.first.err != nil {
+		t.Fatalf("the first POST through the balancer = %d %v %s, want 201", l.first.status, l.first.err, l.first.body)
 	}
-	l.results = append(l.results, first)
 	kinds := []string{"list", "get", "create", "get"}
-	for c := range clients {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				r := l.send(kinds[(c+i)%len(kinds)], strconv.Itoa(c), i)
-				l.mu.Lock()
-				l.results = append(l.results, r)
-				l.mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
-	}
+	l.workers = startWorkers(clients, 5*time.Millisecond, func(c, i int, record func(...rollingResult)) bool {
+		record(l.send(kinds[(c+i)%len(kinds)], strconv.Itoa(c), i))
+		return true
+	})
 	t.Cleanup(func() { l.finish() })
 	return l
 }
@@ -497,12 +479,9 @@ func (l *rollingLoad) send(kind, c string, i int) rollingResult {
 
 // finish stops the clients and returns every result.
 func (l *rollingLoad) finish() []rollingResult {
-	l.once.Do(func() { close(l.stop) })
-	l.wg.Wait()
+	results := append([]rollingResult{l.first}, l.workers()...)
 	l.client.CloseIdleConnections()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.results
+	return results
 }
 
 // balancer is an HAProxy of a test's own, running deploy/haproxy.cfg with

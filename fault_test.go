@@ -378,7 +378,7 @@ func TestFaultRedisRestart(t *testing.T) {
 	}
 
 	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, "/", "/health", "/health/redis")
-	cacheLoad := startFaultCacheLoad(s.cache, 2, 200)
+	finishCacheLoad := startFaultCacheLoad(s.cache, 2, 200)
 	time.Sleep(500 * time.Millisecond)
 	killAt := time.Now()
 	redis.stop()
@@ -388,7 +388,7 @@ func TestFaultRedisRestart(t *testing.T) {
 	upAt := time.Now()
 	time.Sleep(1500 * time.Millisecond)
 	results := load.finish()
-	calls := cacheLoad.finish()
+	calls := finishCacheLoad()
 
 	down, recovered := 0, 0
 	for _, r := range results {
@@ -465,7 +465,7 @@ func TestFaultRedisStallAndCut(t *testing.T) {
 		inject func()
 	}{{"stall", proxy.stall}, {"cut", proxy.cut}} {
 		load := startFaultLoad(t, ts.URL, 8, 300, 20*time.Millisecond, "/", "/health", "/health/redis")
-		cacheLoad := startFaultCacheLoad(s.cache, 2, 100)
+		finishCacheLoad := startFaultCacheLoad(s.cache, 2, 100)
 		time.Sleep(300 * time.Millisecond)
 		faultAt := time.Now()
 		fault.inject()
@@ -474,7 +474,7 @@ func TestFaultRedisStallAndCut(t *testing.T) {
 		proxy.heal()
 		time.Sleep(1300 * time.Millisecond)
 		results := load.finish()
-		calls := cacheLoad.finish()
+		calls := finishCacheLoad()
 
 		down, recovered := 0, 0
 		for _, r := range results {
@@ -735,49 +735,27 @@ type faultResult struct {
 
 // faultLoad is a steady load of GET requests from concurrent clients.
 type faultLoad struct {
-	stop    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
 	client  *http.Client
-	mu      sync.Mutex
-	results []faultResult
+	workers func() []faultResult
 }
 
 // startFaultLoad starts clients goroutines, each sending up to max requests
 // (cycling through paths, pausing between them) until finish. Cleanup
 // finishes it too.
 func startFaultLoad(t testing.TB, base string, clients, max int, pause time.Duration, paths ...string) *faultLoad {
-	l := &faultLoad{
-		stop:   make(chan struct{}),
-		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}},
-	}
-	for c := range clients {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for i := range max {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				r := faultResult{path: paths[(c+i)%len(paths)], start: time.Now()}
-				resp, err := l.client.Get(base + r.path)
-				if err == nil {
-					r.status = resp.StatusCode
-					r.body, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-				}
-				r.err, r.end = err, time.Now()
-				l.mu.Lock()
-				l.results = append(l.results, r)
-				l.mu.Unlock()
-				if pause > 0 {
-					time.Sleep(pause)
-				}
-			}
-		}()
-	}
+	l := &faultLoad{client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}}
+	l.workers = startWorkers(clients, pause, func(c, i int, record func(...faultResult)) bool {
+		r := faultResult{path: paths[(c+i)%len(paths)], start: time.Now()}
+		resp, err := l.client.Get(base + r.path)
+		if err == nil {
+			r.status = resp.StatusCode
+			r.body, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		r.err, r.end = err, time.Now()
+		record(r)
+		return i+1 < max
+	})
 	t.Cleanup(func() { l.finish() })
 	return l
 }
@@ -785,12 +763,9 @@ func startFaultLoad(t testing.TB, base string, clients, max int, pause time.Dura
 // finish stops the clients, closes their idle connections and returns every
 // result.
 func (l *faultLoad) finish() []faultResult {
-	l.once.Do(func() { close(l.stop) })
-	l.wg.Wait()
+	results := l.workers()
 	l.client.CloseIdleConnections()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.results
+	return results
 }
 
 // faultCacheCall is one cache call of a faultCacheLoad.
@@ -800,53 +775,27 @@ type faultCacheCall struct {
 	ok         bool
 }
 
-// faultCacheLoad calls cache.set and cache.get in a loop.
-type faultCacheLoad struct {
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	calls []faultCacheCall
-}
-
 // startFaultCacheLoad runs workers goroutines of at most max set/get pairs
-// each, 20 ms apart.
-func startFaultCacheLoad(c *cache, workers, max int) *faultCacheLoad {
-	l := &faultCacheLoad{stop: make(chan struct{})}
+// each, 20 ms apart, each on a key of its own; the returned finish stops
+// them, deletes their keys and returns every call.
+func startFaultCacheLoad(c *cache, workers, max int) (finish func() []faultCacheCall) {
 	prefix := randomName("zenspa_fault_cache_")
-	for w := range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			key := prefix + strconv.Itoa(w)
-			defer c.delete(context.Background(), key)
-			for i := range max {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				start := time.Now()
-				ok := c.set(context.Background(), key, i, time.Minute)
-				mid := time.Now()
-				var got int
-				hit := c.get(context.Background(), key, &got)
-				l.mu.Lock()
-				l.calls = append(l.calls, faultCacheCall{"set", start, mid, ok}, faultCacheCall{"get", mid, time.Now(), hit})
-				l.mu.Unlock()
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
+	calls := startWorkers(workers, 20*time.Millisecond, func(w, i int, record func(...faultCacheCall)) bool {
+		key := prefix + strconv.Itoa(w)
+		start := time.Now()
+		ok := c.set(context.Background(), key, i, time.Minute)
+		mid := time.Now()
+		var got int
+		hit := c.get(context.Background(), key, &got)
+		record(faultCacheCall{"set", start, mid, ok}, faultCacheCall{"get", mid, time.Now(), hit})
+		return i+1 < max
+	})
+	return func() []faultCacheCall {
+		for w := range workers {
+			defer c.delete(context.Background(), prefix+strconv.Itoa(w))
+		}
+		return calls()
 	}
-	return l
-}
-
-// finish stops the workers and returns every call.
-func (l *faultCacheLoad) finish() []faultCacheCall {
-	close(l.stop)
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.calls
 }
 
 // wantFaultUnhealthy checks an answer of /health/db, /health/ready or
@@ -1209,33 +1158,10 @@ func faultTreatmentRows(db *sql.DB, rows map[string][]string) error {
 // i = 0, 1, … with a 10 ms pause, until the returned function stops them
 // and returns every call.
 func startTreatmentClients(n int, send func(client, i int) faultCall) func() []faultCall {
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var calls []faultCall
-	var wg sync.WaitGroup
-	for c := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				call := send(c, i)
-				mu.Lock()
-				calls = append(calls, call)
-				mu.Unlock()
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
-	return func() []faultCall {
-		close(stop)
-		wg.Wait()
-		return calls
-	}
+	return startWorkers(n, 10*time.Millisecond, func(c, i int, record func(...faultCall)) bool {
+		record(send(c, i))
+		return true
+	})
 }
 
 // faultCall is one request of the treatment fault tests, with its answer.

@@ -521,6 +521,50 @@ func trickleHeader(conn net.Conn, prefix string, interval time.Duration, stop <-
 // uuidV4 is the form of a request ID the server makes up.
 var uuidV4 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
+// startWorkers runs a load of a test's own: n goroutines, each calling
+// work(worker, i) for i = 0, 1, 2, … with pause after each call, until work
+// returns false or finish is called. work hands what it did to record.
+// finish stops the workers, waits for them and returns every record; a
+// second call (a test's cleanup) returns them again.
+func startWorkers[T any](n int, pause time.Duration, work func(worker, i int, record func(...T)) bool) (finish func() []T) {
+	stop := make(chan struct{})
+	var (
+		once    sync.Once
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		records []T
+	)
+	record := func(r ...T) {
+		mu.Lock()
+		records = append(records, r...)
+		mu.Unlock()
+	}
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if !work(w, i, record) {
+					return
+				}
+				time.Sleep(pause)
+			}
+		}()
+	}
+	return func() []T {
+		once.Do(func() { close(stop) })
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(records)
+	}
+}
+
 // edited returns a copy of m with change applied: each key of change set to
 // its value, or removed where the value is nil.
 func edited(m, change map[string]any) map[string]any {

@@ -11,7 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -99,7 +99,7 @@ func TestSoak(t *testing.T) {
 	every := min(20*time.Second, (length-calm)/time.Duration(len(order)+1))
 	t.Logf("soak: %s, seed %d (ZENSPA_SOAK_SEED), a fault every %s after %s without: %s", length, seed, every, calm, strings.Join(order, ", "))
 
-	load := startSoakLoad(t, b.url, p.token(t, algHS256, p.manager()))
+	finishLoad := startSoakLoad(b.url, p.token(t, algHS256, p.manager()))
 	began := time.Now()
 	time.Sleep(5 * time.Second) // the instances warm up before their figures are taken
 	for _, in := range instances {
@@ -155,7 +155,7 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Until(began.Add(length)))
-	calls := load.finish()
+	calls := finishLoad()
 	t.Log(soakReport(t, soakResult{calls: calls, windows: windows, instances: instances, killed: killed, exits: exits,
 		began: began, calm: calm, db: pg.url}))
 }
@@ -177,80 +177,69 @@ func soakFigures(t *testing.T, in *soakInstance) (float64, int) {
 	return g, rss
 }
 
-// soakLoad is the soak's client: four workers, each about 15 requests a
-// second, in a fixed mix: POSTs, the list, GETs and PATCHes of its own
-// treatments, and now and then /health/live, which no fault may fail.
-type soakLoad struct {
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	calls []soakCall
-}
-
-func startSoakLoad(t *testing.T, base, token string) *soakLoad {
-	l := &soakLoad{stop: make(chan struct{})}
-	client := &http.Client{Timeout: 15 * time.Second, Transport: withBearer(token, &http.Transport{MaxIdleConnsPerHost: 4})}
-	for w := range 4 {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			tick := time.NewTicker(66 * time.Millisecond)
-			defer tick.Stop()
-			var own []string
-			for i := 0; ; i++ {
-				select {
-				case <-l.stop:
-					return
-				case <-tick.C:
-				}
-				c := soakCall{start: time.Now()}
-				var method, target, body string
-				switch {
-				case i%8 == 5:
-					c.kind, method, target = "health", http.MethodGet, base+"/health/live"
-				case i%4 == 0 || len(own) == 0:
-					c.kind, c.name = "post", fmt.Sprintf("Soak %d-%d-%d", w, i, c.start.UnixNano())
-					method, target, body = http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody(c.name)
-				case i%4 == 1:
-					c.kind, method, target = "list", http.MethodGet, base+"/api/v1/treatments?limit=10"
-				case i%4 == 2:
-					c.kind, method, target = "get", http.MethodGet, base+"/api/v1/treatments/"+own[i%len(own)]
-				default:
-					c.kind, method, target = "patch", http.MethodPatch, base+"/api/v1/treatments/"+own[i%len(own)]
-					body = fmt.Sprintf(`{"price": %d}`, 1000*i)
-				}
-				var rd io.Reader
-				if body != "" {
-					rd = strings.NewReader(body)
-				}
-				req, _ := http.NewRequest(method, target, rd)
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
-				if err == nil {
-					c.status = resp.StatusCode
-					var b []byte
-					b, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if c.kind == "post" && c.status == http.StatusCreated {
-						id := (faultCall{body: b}).id()
-						own = append(own, id)
-					}
-				}
-				c.err, c.end = err, time.Now()
-				l.mu.Lock()
-				l.calls = append(l.calls, c)
-				l.mu.Unlock()
-			}
-		}()
+// startSoakLoad starts the soak's client: four workers, each about 15
+// requests a second, in a fixed mix: POSTs, the list, GETs and PATCHes of
+// its own treatments, and now and then /health/live, which no fault may
+// fail. The returned finish stops it and returns every call.
+func startSoakLoad(base, token string) (finish func() []soakCall) {
+	const workers = 4
+	client := &http.Client{Timeout: 15 * time.Second, Transport: withBearer(token, &http.Transport{MaxIdleConnsPerHost: workers})}
+	ticks := make([]*time.Ticker, workers) // a steady pace, whatever the latency
+	own := make([][]string, workers)       // each worker's treatments
+	for w := range ticks {
+		ticks[w] = time.NewTicker(66 * time.Millisecond)
 	}
-	return l
-}
-
-// finish stops the client and returns every call.
-func (l *soakLoad) finish() []soakCall {
-	close(l.stop)
-	l.wg.Wait()
-	return l.calls
+	var stopping atomic.Bool // no request after a tick that came while finish waited
+	calls := startWorkers(workers, 0, func(w, i int, record func(...soakCall)) bool {
+		<-ticks[w].C
+		if stopping.Load() {
+			return false
+		}
+		c := soakCall{start: time.Now()}
+		var method, target, body string
+		switch {
+		case i%8 == 5:
+			c.kind, method, target = "health", http.MethodGet, base+"/health/live"
+		case i%4 == 0 || len(own[w]) == 0:
+			c.kind, c.name = "post", fmt.Sprintf("Soak %d-%d-%d", w, i, c.start.UnixNano())
+			method, target, body = http.MethodPost, base+"/api/v1/treatments", faultTreatmentBody(c.name)
+		case i%4 == 1:
+			c.kind, method, target = "list", http.MethodGet, base+"/api/v1/treatments?limit=10"
+		case i%4 == 2:
+			c.kind, method, target = "get", http.MethodGet, base+"/api/v1/treatments/"+own[w][i%len(own[w])]
+		default:
+			c.kind, method, target = "patch", http.MethodPatch, base+"/api/v1/treatments/"+own[w][i%len(own[w])]
+			body = fmt.Sprintf(`{"price": %d}`, 1000*i)
+		}
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest(method, target, rd)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err == nil {
+			c.status = resp.StatusCode
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if c.kind == "post" && c.status == http.StatusCreated {
+				id := (faultCall{body: b}).id()
+				own[w] = append(own[w], id)
+			}
+		}
+		c.err, c.end = err, time.Now()
+		record(c)
+		return true
+	})
+	return func() []soakCall {
+		stopping.Store(true)
+		records := calls()
+		for _, t := range ticks {
+			t.Stop()
+		}
+		return records
+	}
 }
 
 // soakResult is what the report judges.
