@@ -1202,25 +1202,20 @@ func faultSend(client *http.Client, method, target, body string) faultCall {
 }
 
 // id is data.id of a success envelope, "" if there is none.
-func (c faultCall) id() string {
-	var env struct {
-		Data struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	_ = json.Unmarshal(c.body, &env)
-	return env.Data.ID
-}
+func (c faultCall) id() string { return envelopeString(c.body, "data", "id") }
 
 // errorCode is error.code of an error envelope, "" if there is none.
-func (c faultCall) errorCode() string {
-	var env struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
+func (c faultCall) errorCode() string { return envelopeString(c.body, "error", "code") }
+
+// envelopeString is the string at outer.inner of a JSON envelope, "" if
+// there is none.
+func envelopeString(body []byte, outer, inner string) string {
+	var o, i map[string]json.RawMessage
+	var s string
+	if json.Unmarshal(body, &o) != nil || json.Unmarshal(o[outer], &i) != nil || json.Unmarshal(i[inner], &s) != nil {
+		return ""
 	}
-	_ = json.Unmarshal(c.body, &env)
-	return env.Error.Code
+	return s
 }
 
 // TestFaultTreatmentsStalled stalls PostgreSQL (the proxy forwards nothing)
