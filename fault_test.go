@@ -379,14 +379,7 @@ func TestFaultRedisRestart(t *testing.T) {
 
 	load := startFaultLoad(t, ts.URL, 8, 400, 20*time.Millisecond, "/", "/health", "/health/redis")
 	finishCacheLoad := startFaultCacheLoad(s.cache, 2, 200)
-	time.Sleep(500 * time.Millisecond)
-	killAt := time.Now()
-	redis.stop()
-	time.Sleep(2 * time.Second)
-	restartAt := time.Now()
-	redis.start()
-	upAt := time.Now()
-	time.Sleep(1500 * time.Millisecond)
+	killAt, restartAt, upAt := redisOutage(redis)
 	results := load.finish()
 	calls := finishCacheLoad()
 
@@ -773,6 +766,21 @@ type faultCacheCall struct {
 	op         string
 	start, end time.Time
 	ok         bool
+}
+
+// redisOutage is the Redis restart both Redis fault tests run under load:
+// 500 ms of calm, Redis stopped for 2 s, started again, then 1.5 s to
+// recover. It returns when Redis was stopped, restarted, and answered.
+func redisOutage(redis *privateRedis) (killAt, restartAt, upAt time.Time) {
+	time.Sleep(500 * time.Millisecond)
+	killAt = time.Now()
+	redis.stop()
+	time.Sleep(2 * time.Second)
+	restartAt = time.Now()
+	redis.start()
+	upAt = time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	return killAt, restartAt, upAt
 }
 
 // startFaultCacheLoad runs workers goroutines of at most max set/get pairs
@@ -1483,14 +1491,7 @@ func TestFaultTreatmentsRedisRestart(t *testing.T) {
 			return faultSend(client, http.MethodPatch, api+"/"+id, fmt.Sprintf(`{"price": %d}`, 1000*(n*100+i)))
 		}
 	})
-	time.Sleep(500 * time.Millisecond)
-	killAt := time.Now()
-	redis.stop()
-	time.Sleep(2 * time.Second)
-	restartAt := time.Now()
-	redis.start()
-	upAt := time.Now()
-	time.Sleep(1500 * time.Millisecond)
+	killAt, restartAt, upAt := redisOutage(redis)
 	calls := clientsDone()
 
 	// Every request succeeds, and in time, whatever Redis does.
